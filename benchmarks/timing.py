@@ -1,0 +1,62 @@
+"""Shared timing helpers: median times with torch.utils.benchmark and a ratio table."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils import benchmark
+
+
+@dataclass
+class Comparison:
+    """Median seconds of ours and torchvision's for one task; ``speedup`` > 1 means ours is faster."""
+
+    task: str
+    ours_s: float
+    theirs_s: float
+
+    @property
+    def speedup(self) -> float:
+        return self.theirs_s / self.ours_s
+
+
+def median_seconds(fn: Callable[[], object], min_run_time: float = 1.0) -> float:
+    """Median wall time of ``fn()`` after a warm-up, synchronising CUDA if used."""
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def compare(
+    task: str, ours: Callable[[], object], theirs: Callable[[], object], min_run_time: float = 1.0
+) -> Comparison:
+    """Time both callables in this process, interleaved, and return their medians."""
+    return Comparison(
+        task, median_seconds(ours, min_run_time), median_seconds(theirs, min_run_time)
+    )
+
+
+def environment() -> str:
+    """One line naming torch, torchvision, device and thread count."""
+    import torchvision
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
+    return (
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"device {device or 'cpu'}, threads {torch.get_num_threads()}"
+    )
+
+
+def table(rows: list[Comparison]) -> str:
+    """A Markdown table: task, ours, torchvision, speed-up."""
+    lines = ["| task | ours (ms) | torchvision (ms) | speed-up |", "| --- | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(
+            f"| {r.task} | {r.ours_s * 1e3:.2f} | {r.theirs_s * 1e3:.2f} | {r.speedup:.2f}x |"
+        )
+    return "\n".join(lines)
