@@ -12,7 +12,7 @@ from torch.utils import benchmark
 
 @dataclass
 class Comparison:
-    """Median seconds of ours and torchvision's for one task; ``speedup`` > 1 means ours is faster."""
+    """Median seconds of ours and torchvision's for one task (``speedup`` > 1: ours is faster)."""
 
     task: str
     ours_s: float

@@ -45,10 +45,7 @@ def preprocess(
         raise ValueError(f"images must not be empty, got shape {list(images.shape)}")
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
-    if images.is_floating_point():
-        x = images
-    else:
-        x = images.float() / 255
+    x = images if images.is_floating_point() else images.float() / 255
     if x.shape[-2:] != (size, size):
         x = F.interpolate(
             x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
