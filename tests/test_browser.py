@@ -1,0 +1,114 @@
+"""The built book as a reader sees it: headless Chromium, every non-local request blocked.
+
+Runs after the book build (``make test`` builds ``_build/html`` first).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+CHAPTERS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# Known messages of the theme itself, not of this book: sphinx-book-theme's colour-mode reset,
+# and sphinx-thebe's config script that Jupyter Book 1 includes twice on every page.
+THEME_MESSAGES = ("Got invalid theme mode", "Identifier 'THEBE_JS_URL' has already been declared")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert executable, "Debian's chromium is needed (make test installs it)"
+    assert (HTML / "index.html").exists(), "build the book first (make test does)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+class Page:
+    """A page opened offline, with the JS errors and blocked requests it produced."""
+
+    def __init__(self, browser, path: Path):
+        self.errors: list[str] = []
+        self.blocked: list[str] = []
+        self.page = browser.new_page(viewport={"width": 1280, "height": 900})
+        self.page.route("**/*", self._offline)
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.goto(path.as_uri())
+        self.page.wait_for_load_state("load")
+
+    def _offline(self, route) -> None:
+        if route.request.url.startswith("file://"):
+            route.continue_()
+        else:
+            self.blocked.append(route.request.url)
+            route.abort()
+
+    def our_errors(self) -> list[str]:
+        return [e for e in self.errors if not any(m in e for m in THEME_MESSAGES)]
+
+
+def chapter_page(chapter: Path) -> Path:
+    return HTML / "notebooks" / f"{chapter.stem}.html"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_renders_offline_without_errors(browser, chapter):
+    page = Page(browser, chapter_page(chapter))
+    assert page.blocked == [], f"the page needs the network: {page.blocked}"
+    assert page.our_errors() == []
+    images = page.page.eval_on_selector_all(
+        ".cell_output img", "els => els.map(e => [e.getAttribute('src'), e.naturalWidth])"
+    )
+    assert images, "every chapter has at least one figure"
+    broken = [src for src, width in images if width == 0]
+    assert broken == [], f"figures that did not load: {broken}"
+    # formulas are typeset by the vendored MathJax (SVG output)
+    if page.page.locator(".math").count():
+        page.page.wait_for_selector("mjx-container svg", timeout=10_000)
+    page.page.close()
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_colab_button_opens_this_chapter(browser, chapter):
+    page = Page(browser, chapter_page(chapter))
+    links = page.page.eval_on_selector_all(
+        "a", "els => els.map(e => e.href).filter(h => h.includes('colab.research.google.com'))"
+    )
+    repo = CONFIG["repository"]["url"].removeprefix("https://github.com/")
+    branch = CONFIG["repository"]["branch"]
+    expected = (
+        f"https://colab.research.google.com/github/{repo}/blob/{branch}/notebooks/{chapter.name}"
+    )
+    assert links == [expected]
+    page.page.close()
+
+
+def test_intro_page_lists_every_chapter(browser):
+    page = Page(browser, HTML / "book" / "intro.html")
+    nav = page.page.eval_on_selector_all(".bd-sidebar a", "els => els.map(e => e.href)")
+    for chapter in CHAPTERS:
+        assert any(href.endswith(f"notebooks/{chapter.stem}.html") for href in nav), chapter.stem
+    assert page.our_errors() == []
+    page.page.close()
