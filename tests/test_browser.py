@@ -112,3 +112,59 @@ def test_intro_page_lists_every_chapter(browser):
         assert any(href.endswith(f"notebooks/{chapter.stem}.html") for href in nav), chapter.stem
     assert page.our_errors() == []
     page.page.close()
+
+
+@pytest.fixture(scope="module")
+def explorer(browser):
+    page = Page(browser, HTML / "notebooks" / "03_default_boxes.html")
+    page.page.wait_for_selector(".ssd-explorer .default-box")
+    yield page
+    page.page.close()
+
+
+def drawn_boxes(page: Page) -> list[list[float]]:
+    return page.page.eval_on_selector_all(
+        ".ssd-explorer .default-box",
+        "els => els.map(e => ['x', 'y', 'width', 'height'].map(k => +e.getAttribute(k)))",
+    )
+
+
+def test_explorer_boxes_equal_the_package(explorer):
+    import torch
+
+    from ssd_tutorial import anchors
+    from ssd_tutorial.explorer import _config_json
+
+    for config in anchors.CONFIGS.values():
+        theirs = explorer.page.evaluate(
+            "config => window.ssdAnchorExplorer.allBoxes(config)", _config_json(config)
+        )
+        ours = anchors.default_boxes(config, dtype=torch.float64)
+        torch.testing.assert_close(torch.tensor(theirs, dtype=torch.float64), ours)
+
+
+def test_explorer_controls_change_the_drawing(explorer):
+    page = explorer.page
+    total = page.locator(".ssd-explorer [data-role=total]")
+    assert total.inner_text() == "8732"
+    first = drawn_boxes(explorer)
+    assert len(first) == 4  # a 38x38 cell: two squares and ratio 2, 1/2
+
+    page.select_option(".ssd-explorer [data-role=map]", "1")  # the 19x19 map, six boxes a cell
+    on_19 = drawn_boxes(explorer)
+    assert len(on_19) == 6 and on_19 != first
+
+    page.locator(".ssd-explorer [data-role=col]").fill("3")  # move one column to the left
+    moved = drawn_boxes(explorer)
+    assert [v for b in moved for v in b[1:]] == pytest.approx([v for b in on_19 for v in b[1:]])
+    assert all(m[0] < b[0] for m, b in zip(moved, on_19))
+
+    page.locator(".ssd-explorer [data-role=ratio-3]").uncheck()  # drop ratios 3 and 1/3
+    assert len(drawn_boxes(explorer)) == 4
+    assert total.inner_text() == str(8732 - 2 * 19 * 19)
+
+    matched = page.locator(".ssd-explorer [data-role=matched]")
+    before = int(matched.inner_text())
+    page.locator(".ssd-explorer [data-role=iou]").fill("0.3")
+    assert int(matched.inner_text()) > before
+    assert explorer.our_errors() == []

@@ -1,0 +1,46 @@
+import json
+import re
+
+import pytest
+
+from ssd_tutorial import anchors
+from ssd_tutorial.explorer import anchor_explorer, explorer_data, explorer_html
+
+
+def test_data_describes_every_map_of_every_config():
+    data = explorer_data()
+    assert set(data["configs"]) == set(anchors.CONFIGS)
+    for name, config in anchors.CONFIGS.items():
+        maps = data["configs"][name]["maps"]
+        count = sum(m["size"] ** 2 * (2 + 2 * len(m["ratios"])) for m in maps)
+        assert count == config.num_boxes
+    assert data["configs"]["SSD300"]["maps"][0]["source"] == "conv4_3"
+
+
+def test_ground_truth_is_relative_and_image_embedded():
+    data = explorer_data()
+    assert data["image"].startswith("data:image/jpeg;base64,")
+    for item in data["ground_truth"]:
+        x1, y1, x2, y2 = item["box"]
+        assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
+
+
+def test_html_is_self_contained():
+    html = explorer_html(explorer_data(view=200))
+    # nothing is fetched: no script sources, and the only URLs are the XML namespaces
+    assert "<script src" not in html
+    assert set(re.findall(r"https?://[^\s\"'`]+", html)) == {
+        "http://www.w3.org/2000/svg",
+        "http://www.w3.org/1999/xhtml",
+    }
+    payload = re.search(r"render\(document\.getElementById\(\"[\w-]+\"\), (.*)\);\n</script>", html)
+    assert json.loads(payload.group(1))["view"] == 200
+
+
+def test_anchor_explorer_returns_displayable_html():
+    assert "ssdAnchorExplorer" in anchor_explorer()._repr_html_()
+
+
+def test_unknown_initial_config_is_an_error():
+    with pytest.raises(ValueError, match="initial config 'SSD999'"):
+        explorer_data(initial="SSD999")
