@@ -103,57 +103,70 @@ def _to_network_input(size: int) -> list[Callable]:
 
 
 class BatchedIoUCrop(v2.RandomIoUCrop):
-    """``v2.RandomIoUCrop`` with the trials for one minimum IoU drawn and tested all at once.
+    """``v2.RandomIoUCrop`` with its random trials drawn and tested together.
 
-    Same crops, same distribution: torchvision tries up to ``trials`` random patches one after
-    the other (a dozen small tensor operations each) and takes the first acceptable one. With
-    small objects the high IoU minimums are often out of reach, so that loop runs hundreds of
-    times per image and dominated the data pipeline's time. Here all ``trials`` patches are one
-    ``[trials, 4]`` tensor and the first acceptable one is picked from a mask. A patch is
-    acceptable as in torchvision: side ``min_scale..max_scale`` of the image's, aspect ratio
-    in ``[min_aspect_ratio, max_aspect_ratio]``, at least one box centre strictly inside, and
-    the largest IoU between the patch and those boxes at least the minimum.
+    Same crops, same distribution, fewer Python steps. torchvision draws a minimum IoU, then
+    tries up to ``trials`` random patches one after the other (a dozen small tensor operations
+    each) and takes the first acceptable one; if none is, it draws a new minimum. With small
+    objects the high minimums are out of reach, so that loop ran hundreds of times per image
+    and took most of the pipeline's time. Here :attr:`rounds` minimums and ``trials`` patches
+    for each are one ``[rounds, trials, 4]`` tensor, and the first acceptable patch of the first
+    round that has one is picked from a mask. A patch is acceptable as in torchvision: sides
+    ``min_scale..max_scale`` of the image's, aspect ratio in ``[min_aspect_ratio,
+    max_aspect_ratio]``, at least one box centre strictly inside, and the largest IoU between
+    the patch and those boxes at least the round's minimum.
     """
+
+    #: Minimum-IoU draws tested per batch of trials.
+    rounds = 8
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         boxes = next(x for x in flat_inputs if isinstance(x, tv_tensors.BoundingBoxes))
-        height, width = boxes.canvas_size
         corners = v2.functional.convert_bounding_box_format(
             boxes.as_subclass(Tensor), boxes.format, tv_tensors.BoundingBoxFormat.XYXY
         ).float()
         if len(corners) == 0:
             # No patch can hold a box centre: only the "whole image" option would ever succeed.
             return {}
+        height, width = boxes.canvas_size
+        image_size = torch.tensor([width, height])
         centres = (corners[:, :2] + corners[:, 2:]) / 2
+        options = torch.tensor(self.options)
         while True:
-            minimum_iou = self.options[int(torch.randint(len(self.options), ()))]
-            if minimum_iou >= 1.0:  # the "keep the whole image" option
-                return {}
-            scale = self.min_scale + (self.max_scale - self.min_scale) * torch.rand(self.trials, 2)
-            sizes = (scale * torch.tensor([width, height])).long()  # (w, h), truncated as there
-            top_left = ((torch.tensor([width, height]) - sizes) * torch.rand(self.trials, 2)).long()
-            patches = torch.cat((top_left, top_left + sizes), dim=1)
-            aspect = sizes[:, 0] / sizes[:, 1].clamp(min=1)
+            minimum_iou = options[torch.randint(len(options), (self.rounds,))]
+            scale = torch.rand(self.rounds, self.trials, 2)
+            sizes = (
+                (self.min_scale + (self.max_scale - self.min_scale) * scale) * image_size
+            ).long()
+            top_left = ((image_size - sizes) * torch.rand(self.rounds, self.trials, 2)).long()
+            patches = torch.cat((top_left, top_left + sizes), dim=-1)  # [rounds, trials, 4]
+            aspect = sizes[..., 0] / sizes[..., 1].clamp(min=1)
+            inside = (  # [rounds, trials, boxes]
+                (patches[..., None, :2] < centres) & (centres < patches[..., None, 2:])
+            ).all(dim=-1)
+            iou = pairwise_iou(patches.float(), corners).masked_fill(~inside, -1.0)
             acceptable = (
-                (sizes > 0).all(dim=1)
+                (sizes > 0).all(dim=-1)
                 & (aspect >= self.min_aspect_ratio)
                 & (aspect <= self.max_aspect_ratio)
+                & (iou.max(dim=-1).values >= minimum_iou[:, None])
             )
-            inside = (
-                (patches[:, None, :2] < centres[None]) & (centres[None] < patches[:, None, 2:])
-            ).all(dim=2)
-            iou = pairwise_iou(patches.float(), corners).masked_fill(~inside, -1.0)
-            acceptable &= inside.any(dim=1) & (iou.max(dim=1).values >= minimum_iou)
-            if acceptable.any():
-                first = int(acceptable.nonzero()[0, 0])
-                left, top, right, bottom = patches[first].tolist()
-                return {
-                    "top": top,
-                    "left": left,
-                    "height": bottom - top,
-                    "width": right - left,
-                    "is_within_crop_area": inside[first],
-                }
+            # A minimum of 1 or more is the "keep the whole image" option: that round succeeds.
+            done = (minimum_iou >= 1.0) | acceptable.any(dim=1)
+            if not done.any():
+                continue
+            round_ = int(done.nonzero()[0, 0])
+            if minimum_iou[round_] >= 1.0:
+                return {}
+            trial = int(acceptable[round_].nonzero()[0, 0])
+            left, top, right, bottom = patches[round_, trial].tolist()
+            return {
+                "top": top,
+                "left": left,
+                "height": bottom - top,
+                "width": right - left,
+                "is_within_crop_area": inside[round_, trial],
+            }
 
     # torchvision < 0.21 calls this method by its former private name.
     _get_params = make_params
