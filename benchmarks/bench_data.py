@@ -7,7 +7,9 @@ Run from the repository root::
 
 Prints three Markdown tables:
 
-1. images/s of :class:`SyntheticShapes` alone, one process, one thread;
+1. images/s of :class:`SyntheticShapes` alone, one process, one thread, in wall time and per
+   CPU second (process time: what one DataLoader worker produces on a core of its own), alone
+   and followed by ``train_transforms``;
 2. the training augmentation per image, ours (:class:`BatchedIoUCrop`) against the same
    pipeline with torchvision's ``RandomIoUCrop``, one thread;
 3. images/s through a ``DataLoader`` with 2 workers, generator + ``train_transforms`` + collate,
@@ -36,6 +38,18 @@ def generator_rate(size: int, min_run_time: float) -> float:
     dataset = SyntheticShapes(10**6, size)
     indices = itertools.count()
     return 1 / median_seconds(lambda: dataset[next(indices)], min_run_time)
+
+
+def cpu_rate(size: int, images: int, transforms: bool) -> float:
+    """Images per CPU second (process time, so other programs on the machine do not count)."""
+    dataset = SyntheticShapes(
+        10**6, size, transforms=train_transforms(size) if transforms else None
+    )
+    dataset[0]
+    start = time.process_time()
+    for index in range(1, images + 1):
+        dataset[index]
+    return images / (time.process_time() - start)
 
 
 def with_torchvision_crop(pipeline: v2.Compose) -> v2.Compose:
@@ -78,9 +92,16 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     print(environment())
-    print("\n| synthetic shapes, 1 thread | images/s |\n| --- | ---: |")
+    images = 50 if args.quick else 400
+    print(
+        "\n| 1 thread | images/s (wall) | images per CPU second | with train_transforms, "
+        "per CPU second |\n| --- | ---: | ---: | ---: |"
+    )
     for size in SIZES:
-        print(f"| {size}x{size} | {generator_rate(size, min_run_time):.0f} |")
+        print(
+            f"| synthetic shapes {size}x{size} | {generator_rate(size, min_run_time):.0f} | "
+            f"{cpu_rate(size, images, False):.0f} | {cpu_rate(size, images, True):.0f} |"
+        )
 
     print("\nAugmentation per image, 1 thread (torchvision = same pipeline, its RandomIoUCrop):")
     print(table([augmentation_comparison(size, min_run_time) for size in SIZES]))

@@ -10,8 +10,10 @@ Item ``i`` of ``SyntheticShapes(seed=s)`` depends only on ``(s, i)``: it is the 
 worker process, in any order, on any machine with the same torch version.
 
 Drawing is vectorised: each shape is a boolean mask computed from the pixel-centre coordinate
-grid of its box (pixel ``(row, col)`` has centre ``(col + 0.5, row + 0.5)``), and the image is
-composed with one gather from an "owner" map that says which object each pixel shows.
+grid of its box (pixel ``(row, col)`` has centre ``(col + 0.5, row + 0.5)``, so a pixel belongs
+to a shape when its centre does). An "owner" map records which object each pixel shows; the
+visible boxes and masks follow from it. The background is built on small grids and upsampled
+with two matrix products. Python loops run only over the few objects of an image.
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ The paper's ablation shows augmentation matters a lot for SSD. :func:`train_tran
 2. photometric distortion: random brightness, contrast, saturation, hue and channel order;
 3. zoom out ("expand"): the image is placed at a random spot of a canvas up to 4x its side,
    filled with the mean colour, which makes every object smaller (good for small objects);
-4. IoU-constrained random crop: a patch of 0.3-1x the side whose IoU with at least one object is
-   above a randomly chosen minimum (0.1, 0.3, 0.5, 0.7, 0.9, or the whole image); it keeps only
-   the boxes whose centre lies inside the patch, cut to the patch;
+4. IoU-constrained random crop: a patch with sides 0.3-1x the image's (aspect ratio 1/2-2)
+   whose IoU with at least one object reaches a randomly chosen minimum (0, 0.1, 0.3, 0.5, 0.7
+   or 0.9), or else the whole image; it keeps only the boxes whose centre lies inside the
+   patch, cut to the patch, as SSD does (:class:`BatchedIoUCrop`);
 5. horizontal flip;
 6. resize to the network's ``size x size`` (boxes clamped to the image: float rounding can
    put an edge on the border just outside it), float conversion, ImageNet normalisation (as
