@@ -220,13 +220,14 @@ def vgg16_features(extras: tuple[ExtraSpec, ...] = SSD300_EXTRAS) -> MultiScaleF
 def tiny_features() -> MultiScaleFeatures:
     """A small VGG-like base for teaching on a CPU: 128 px input, sources 16, 8, 4, 2, 1.
 
-    Same parts as SSD300 with fewer and narrower convs: conv4_2 (16 x 16 x 128, through
-    L2Norm), fc7 (8 x 8 x 128) and three extra levels (4 x 4, 2 x 2, 1 x 1, 128 channels).
-    fc6 uses dilation 3: with a 8 x 8 map, taps 6 cells apart would mostly read padding.
+    The same parts as SSD300, thinner: one 3x3 conv per stage (16, 32, 64, 96, 128 channels),
+    fc6/fc7 with 128 channels and three extra levels of 96 channels. Sources: conv4_1
+    (96 x 16 x 16, through L2Norm), fc7 (128 x 8 x 8), conv8_2 (96 x 4 x 4), conv9_2
+    (96 x 2 x 2), conv10_2 (96 x 1 x 1). fc6 uses dilation 3: on an 8 x 8 map, taps 6 cells
+    apart would mostly read padding.
     """
-    backbone = VGGAtrous(((16,), (32,), (64, 64), (128, 128), (128,)), fc_channels=128, dilation=3)
-    levels = ((64, 128, 3, 2, 1),) * 3
-    return MultiScaleFeatures(backbone, ExtraLayers(128, levels))
+    backbone = VGGAtrous(((16,), (32,), (64,), (96,), (128,)), fc_channels=128, dilation=3)
+    return MultiScaleFeatures(backbone, ExtraLayers(128, ((48, 96, 3, 2, 1),) * 3))
 
 
 class WeightsUnavailableError(RuntimeError):

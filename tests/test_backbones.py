@@ -59,11 +59,11 @@ def test_tiny_sources():
     with torch.no_grad():
         sources = features(torch.randn(2, 3, 128, 128))
     assert [tuple(s.shape) for s in sources] == [
-        (2, 128, 16, 16),
+        (2, 96, 16, 16),
         (2, 128, 8, 8),
-        (2, 128, 4, 4),
-        (2, 128, 2, 2),
-        (2, 128, 1, 1),
+        (2, 96, 4, 4),
+        (2, 96, 2, 2),
+        (2, 96, 1, 1),
     ]
 
 
