@@ -205,7 +205,8 @@ def from_torchvision(
     """Our ``"ssd300_coco"`` SSD with the weights of a torchvision ``ssd300_vgg16``.
 
     Args:
-        model_or_state_dict: a torchvision ``SSD`` built by ``ssd300_vgg16`` or its state dict.
+        model_or_state_dict: a torchvision ``SSD`` built by ``ssd300_vgg16`` (with its default
+            boxes, which are those of :data:`SSD300_COCO`) or its state dict.
         num_classes: expected ``C``; by default read from the classification head.
 
     Returns:
@@ -221,11 +222,12 @@ def from_torchvision(
     else:
         state_dict = model_or_state_dict
     names = _torchvision_names()
-    missing = [theirs for theirs in names.values() if theirs not in state_dict]
-    if missing:
+    missing = sorted(set(names.values()) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(names.values()))
+    if missing or unexpected:
         raise ValueError(
-            f"not a torchvision ssd300_vgg16 state dict: {len(missing)} keys missing, e.g. "
-            f"{missing[:3]}"
+            f"not a torchvision ssd300_vgg16 state dict: {len(missing)} keys missing "
+            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
         )
     # conv4_3 has 4 default boxes per cell, so its classifier has 4 * C filters
     found = state_dict["head.classification_head.module_list.0.weight"].shape[0] // 4

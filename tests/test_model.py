@@ -188,8 +188,13 @@ def test_to_torchvision_needs_torchvision_default_boxes():
 def test_from_torchvision_rejects_other_state_dicts(torchvision_ssd, tiny):
     with pytest.raises(ValueError, match="num_classes=21 but the torchvision model has 5"):
         from_torchvision(torchvision_ssd, num_classes=21)
-    with pytest.raises(ValueError, match="not a torchvision ssd300_vgg16 state dict"):
+    with pytest.raises(
+        ValueError, match="not a torchvision ssd300_vgg16 state dict: 71 keys missing"
+    ):
         from_torchvision(tiny.state_dict())
+    extra = {**torchvision_ssd.state_dict(), "backbone.extra.5.0.weight": torch.zeros(1)}
+    with pytest.raises(ValueError, match=r"1 unexpected \['backbone.extra.5.0.weight'\]"):
+        from_torchvision(extra)
 
 
 @pytest.mark.parametrize(
