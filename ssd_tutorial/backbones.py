@@ -278,9 +278,15 @@ def load_vgg16_imagenet(
         progress: show a download progress bar.
 
     Raises:
-        ValueError: if ``backbone`` does not have VGG-16's widths.
+        TypeError: if ``backbone`` is not a :class:`VGGAtrous`.
+        ValueError: if it does not have VGG-16's widths or ``state_dict`` lacks weights.
         WeightsUnavailableError: if ``state_dict`` is None and the download fails.
     """
+    if not isinstance(backbone, VGGAtrous):
+        raise TypeError(
+            f"load_vgg16_imagenet needs a VGGAtrous (for an SSD: model.base.backbone), got "
+            f"{type(backbone).__name__}"
+        )
     if backbone.stages != VGG16_STAGES or backbone.fc_channels != 1024:
         raise ValueError(
             f"load_vgg16_imagenet needs VGGAtrous with VGG-16's widths {VGG16_STAGES} and "

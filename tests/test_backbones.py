@@ -146,6 +146,11 @@ def test_fc7_is_imagenet_fc7_restricted_to_the_kept_fc6_outputs(torchvision_vgg1
 
 
 def test_load_vgg16_imagenet_rejects_other_widths_and_incomplete_state_dicts(torchvision_vgg16):
+    with pytest.raises(
+        TypeError,
+        match=r"needs a VGGAtrous \(for an SSD: model.base.backbone\), got MultiScaleFeatures",
+    ):
+        B.load_vgg16_imagenet(B.vgg16_features(), torchvision_vgg16.state_dict())
     with pytest.raises(ValueError, match="needs VGGAtrous with VGG-16's widths"):
         B.load_vgg16_imagenet(B.tiny_features().backbone, torchvision_vgg16.state_dict())
     features_only = {k: v for k, v in torchvision_vgg16.state_dict().items() if "features" in k}
