@@ -255,3 +255,14 @@ SSD512 = AnchorConfig(
 
 #: Named configs, for the command line and the anchor explorer.
 CONFIGS: dict[str, AnchorConfig] = {c.name: c for c in (SSD300, SSD300_COCO, SSD512)}
+
+#: The small teaching SSD of ``build_ssd("ssd_tiny", ...)``: 128 px input, maps 16 down to 1.
+#: Like SSD300, the first (stride-8) map gets scale 0.1; the others are spread from 0.2 to 0.9.
+SSD_TINY = config_from_scales(
+    "SSD_TINY",
+    128,
+    (16, 8, 4, 2, 1),
+    (0.1, 0.2, 0.375, 0.55, 0.725, 0.9),
+    ((2,), (2, 3), (2, 3), (2,), (2,)),
+)
+CONFIGS[SSD_TINY.name] = SSD_TINY

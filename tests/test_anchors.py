@@ -147,3 +147,14 @@ def test_inconsistent_configs_are_rejected(changes, message):
 def test_config_from_scales_needs_one_extra_scale():
     with pytest.raises(ValueError, match="plus one"):
         A.config_from_scales("bad", 300, (38, 19), (0.1, 0.2), ((2,), (2,)))
+
+
+def test_ssd_tiny_config():
+    config = A.CONFIGS["SSD_TINY"]
+    assert config is A.SSD_TINY
+    assert config.image_size == 128
+    assert config.feature_maps == (16, 8, 4, 2, 1)
+    assert config.steps == tuple(128 / f for f in config.feature_maps)
+    assert config.boxes_per_cell == (4, 6, 6, 4, 4)
+    assert config.num_boxes == A.default_boxes(config).shape[0] == 1524
+    assert config.scales == pytest.approx((0.1, 0.2, 0.375, 0.55, 0.725, 0.9))

@@ -1,0 +1,355 @@
+"""The feature maps SSD predicts from: VGG-16 with atrous fc6/fc7, then extra layers.
+
+SSD300, shapes for one ``3 x 300 x 300`` image (``C x H x W``)::
+
+    conv1_1 .. conv1_2, pool1            64 x 150 x 150
+    conv2_1 .. conv2_2, pool2           128 x  75 x  75
+    conv3_1 .. conv3_3, pool3 (ceil)    256 x  38 x  38   ceil_mode: 75 / 2 rounds up to 38
+    conv4_1 .. conv4_3                  512 x  38 x  38   -> L2Norm -> source 1
+    pool4, conv5_1 .. conv5_3           512 x  19 x  19
+    pool5 (3x3, stride 1, pad 1)        512 x  19 x  19   keeps the resolution
+    fc6 (3x3, dilation 6), fc7 (1x1)   1024 x  19 x  19   -> source 2
+    conv8_1 (1x1), conv8_2 (3x3 s2)     512 x  10 x  10   -> source 3
+    conv9_1, conv9_2 (3x3 s2)           256 x   5 x   5   -> source 4
+    conv10_1, conv10_2 (3x3, no pad)    256 x   3 x   3   -> source 5
+    conv11_1, conv11_2 (3x3, no pad)    256 x   1 x   1   -> source 6
+
+VGG-16 ends with three fully connected layers on a ``512 x 7 x 7`` map. SSD keeps fc6 and fc7 as
+convolutions so the network stays fully convolutional, and makes them cheaper: fc6's 4096
+``7 x 7`` filters become 1024 ``3 x 3`` filters and fc7 becomes a ``1024 x 1024`` 1x1 conv
+(:func:`load_vgg16_imagenet` subsamples the ImageNet weights). pool5 no longer halves the map,
+so fc6 is dilated ("atrous") to see as far as before.
+
+SSD512 has the same base and one more extra level (conv12): sources 64, 32, 16, 8, 4, 2, 1.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from torch import Tensor, nn
+
+from ssd_tutorial.layers import L2Norm
+
+#: Output channels of each 3x3 conv of VGG-16, by stage (conv1_1 .. conv5_3).
+VGG16_STAGES: tuple[tuple[int, ...], ...] = (
+    (64, 64),
+    (128, 128),
+    (256, 256, 256),
+    (512, 512, 512),
+    (512, 512, 512),
+)
+
+#: One extra level: ``(mid_channels, out_channels, kernel_size, stride, padding)``. Each level is
+#: a 1x1 conv down to ``mid_channels`` then a ``kernel_size`` conv up to ``out_channels``.
+ExtraSpec = tuple[int, int, int, int, int]
+
+#: SSD300's conv8 .. conv11: 19 -> 10 -> 5 -> 3 -> 1.
+SSD300_EXTRAS: tuple[ExtraSpec, ...] = (
+    (256, 512, 3, 2, 1),
+    (128, 256, 3, 2, 1),
+    (128, 256, 3, 1, 0),
+    (128, 256, 3, 1, 0),
+)
+
+#: SSD512's conv8 .. conv12 (the Caffe release): 32 -> 16 -> 8 -> 4 -> 2 -> 1.
+SSD512_EXTRAS: tuple[ExtraSpec, ...] = (
+    (256, 512, 3, 2, 1),
+    (128, 256, 3, 2, 1),
+    (128, 256, 3, 2, 1),
+    (128, 256, 3, 2, 1),
+    (128, 256, 4, 1, 1),
+)
+
+
+class VGGAtrous(nn.Module):
+    """A VGG network with pool5 at stride 1 and fc6/fc7 as (dilated) convolutions.
+
+    Returns two source maps: the last conv of stage 4 (conv4_3 for VGG-16) through
+    :class:`~ssd_tutorial.layers.L2Norm`, and fc7. Layers are named as in the VGG and SSD papers
+    (``conv4_3``, ``pool5``, ``fc6``, ...), so ``conv1_to_conv4.conv4_3`` is VGG-16's conv4_3.
+
+    Args:
+        stages: output channels of the 3x3 convs of each of the five stages.
+        fc_channels: channels of fc6 and fc7 (1024 in SSD).
+        dilation: dilation (and padding) of fc6's 3x3 conv (6 in SSD300 and SSD512).
+        l2norm_scale: initial weight of the L2Norm on the first source (20 in SSD).
+
+    Shape:
+        ``[B, 3, S, S]`` -> ``[conv4_3 [B, stages[3][-1], S/8, S/8], fc7 [B, fc_channels, S/16,
+        S/16]]`` (sizes rounded up: 38 and 19 for S = 300).
+    """
+
+    def __init__(
+        self,
+        stages: tuple[tuple[int, ...], ...] = VGG16_STAGES,
+        fc_channels: int = 1024,
+        dilation: int = 6,
+        l2norm_scale: float = 20.0,
+    ) -> None:
+        super().__init__()
+        if len(stages) != 5 or not all(stages):
+            raise ValueError(f"stages must list the conv widths of 5 stages, got {stages}")
+        self.stages = tuple(tuple(s) for s in stages)
+        self.fc_channels = fc_channels
+        conv1_to_conv4 = [
+            *_vgg_stage(1, 3, stages[0]),
+            ("pool1", nn.MaxPool2d(2, 2)),
+            *_vgg_stage(2, stages[0][-1], stages[1]),
+            ("pool2", nn.MaxPool2d(2, 2)),
+            *_vgg_stage(3, stages[1][-1], stages[2]),
+            # ceil_mode: an odd map (75 at 300 px) keeps its last row and column: 38, not 37
+            ("pool3", nn.MaxPool2d(2, 2, ceil_mode=True)),
+            *_vgg_stage(4, stages[2][-1], stages[3]),
+        ]
+        conv5_to_fc7 = [
+            ("pool4", nn.MaxPool2d(2, 2)),
+            *_vgg_stage(5, stages[3][-1], stages[4]),
+            # stride 1: the map stays 19 x 19 instead of shrinking to 10 x 10
+            ("pool5", nn.MaxPool2d(3, stride=1, padding=1)),
+            ("fc6", nn.Conv2d(stages[4][-1], fc_channels, 3, padding=dilation, dilation=dilation)),
+            ("relu6", nn.ReLU(inplace=True)),
+            ("fc7", nn.Conv2d(fc_channels, fc_channels, 1)),
+            ("relu7", nn.ReLU(inplace=True)),
+        ]
+        self.conv1_to_conv4 = nn.Sequential(OrderedDict(conv1_to_conv4))
+        self.l2norm = L2Norm(stages[3][-1], scale=l2norm_scale)
+        self.conv5_to_fc7 = nn.Sequential(OrderedDict(conv5_to_fc7))
+        self.out_channels = [stages[3][-1], fc_channels]
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """VGG convs as torchvision's ``vgg16`` (Kaiming normal), fc6/fc7 Xavier uniform."""
+        for module in self.conv1_to_conv4.modules():
+            if isinstance(module, nn.Conv2d):
+                _kaiming_init(module)
+        for name, module in self.conv5_to_fc7.named_children():
+            if isinstance(module, nn.Conv2d):
+                if name.startswith("fc"):
+                    _xavier_init(module)
+                else:
+                    _kaiming_init(module)
+        self.l2norm.reset_parameters()
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.conv1_to_conv4(x)  # [B, 512, 38, 38] at 300 px
+        conv4_3 = self.l2norm(x)
+        fc7 = self.conv5_to_fc7(x)  # [B, 1024, 19, 19]
+        return [conv4_3, fc7]
+
+
+class ExtraLayers(nn.Module):
+    """The extra feature layers: each level halves (or shrinks) the previous map.
+
+    Level ``n`` (counting from ``first_level``, 8 in SSD) is ``conv{n}_1`` (1x1) and
+    ``conv{n}_2``, each followed by a ReLU; the output of every ``conv{n}_2`` is a source.
+
+    Args:
+        in_channels: channels of the map the first level reads (fc7: 1024).
+        levels: one :data:`ExtraSpec` per level, e.g. :data:`SSD300_EXTRAS`.
+        first_level: number of the first level, used in the layer names.
+
+    Shape:
+        ``[B, in_channels, H, W]`` -> list of ``[B, out_channels, H_n, W_n]``, one per level.
+    """
+
+    def __init__(
+        self, in_channels: int, levels: tuple[ExtraSpec, ...], first_level: int = 8
+    ) -> None:
+        super().__init__()
+        self.out_channels = []
+        for n, (mid, out, kernel_size, stride, padding) in enumerate(levels, start=first_level):
+            level = nn.Sequential(
+                OrderedDict(
+                    [
+                        (f"conv{n}_1", nn.Conv2d(in_channels, mid, 1)),
+                        (f"relu{n}_1", nn.ReLU(inplace=True)),
+                        (f"conv{n}_2", nn.Conv2d(mid, out, kernel_size, stride, padding)),
+                        (f"relu{n}_2", nn.ReLU(inplace=True)),
+                    ]
+                )
+            )
+            self.add_module(f"conv{n}", level)
+            self.out_channels.append(out)
+            in_channels = out
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                _xavier_init(module)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        sources = []
+        for level in self.children():
+            x = level(x)
+            sources.append(x)
+        return sources
+
+
+class MultiScaleFeatures(nn.Module):
+    """A backbone followed by extra layers: all the source maps SSD predicts from.
+
+    Args:
+        backbone: returns a list of source maps (e.g. :class:`VGGAtrous`: conv4_3 and fc7) and
+            has an ``out_channels`` list.
+        extras: reads the backbone's last source and returns more (:class:`ExtraLayers`).
+
+    Shape:
+        ``[B, 3, S, S]`` -> list of ``[B, out_channels[k], f_k, f_k]``, largest map first.
+    """
+
+    def __init__(self, backbone: nn.Module, extras: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.extras = extras
+        self.out_channels = [*backbone.out_channels, *extras.out_channels]
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        sources = self.backbone(images)
+        return sources + self.extras(sources[-1])
+
+
+def vgg16_features(extras: tuple[ExtraSpec, ...] = SSD300_EXTRAS) -> MultiScaleFeatures:
+    """SSD's VGG-16 base and extra layers (:data:`SSD300_EXTRAS` or :data:`SSD512_EXTRAS`)."""
+    backbone = VGGAtrous(VGG16_STAGES, fc_channels=1024, dilation=6)
+    return MultiScaleFeatures(backbone, ExtraLayers(1024, extras))
+
+
+def tiny_features() -> MultiScaleFeatures:
+    """A small VGG-like base for teaching on a CPU: 128 px input, sources 16, 8, 4, 2, 1.
+
+    The same parts as SSD300, thinner: one 3x3 conv per stage (16, 32, 64, 96, 128 channels),
+    fc6/fc7 with 128 channels and three extra levels of 96 channels. Sources: conv4_1
+    (96 x 16 x 16, through L2Norm), fc7 (128 x 8 x 8), conv8_2 (96 x 4 x 4), conv9_2
+    (96 x 2 x 2), conv10_2 (96 x 1 x 1). fc6 uses dilation 3: on an 8 x 8 map, taps 6 cells
+    apart would mostly read padding.
+    """
+    backbone = VGGAtrous(((16,), (32,), (64,), (96,), (128,)), fc_channels=128, dilation=3)
+    return MultiScaleFeatures(backbone, ExtraLayers(128, ((48, 96, 3, 2, 1),) * 3))
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be downloaded (no internet access, or a bad download)."""
+
+
+def fetch_state_dict(weights: Any, progress: bool = True) -> dict[str, Tensor]:
+    """Download (or read from torch's cache) a torchvision ``WeightsEnum`` state dict.
+
+    Raises:
+        WeightsUnavailableError: if the file cannot be downloaded, with the URL and the cause.
+    """
+    try:
+        return weights.get_state_dict(progress=progress, check_hash=True)
+    except (OSError, RuntimeError) as err:
+        raise WeightsUnavailableError(
+            f"could not download {weights} from {weights.url} ({type(err).__name__}: {err}). "
+            "Pretrained weights need internet access (e.g. on Colab); offline, load a state dict "
+            "saved elsewhere with torch.load and pass it in instead."
+        ) from err
+
+
+def load_vgg16_imagenet(
+    backbone: VGGAtrous, state_dict: dict[str, Tensor] | None = None, progress: bool = True
+) -> None:
+    """Copy ImageNet-trained VGG-16 weights into ``backbone``, in place.
+
+    conv1_1 .. conv5_3 are copied as they are. fc6 and fc7 are subsampled, as in the reduced
+    VGG-16 that the SSD authors released (first made for DeepLab-LargeFOV):
+
+    * fc6: torchvision's ``classifier.0`` weight ``[4096, 25088]`` is a ``7 x 7`` conv on
+      ``512 x 7 x 7`` (flattened channel, row, column), i.e. ``[4096, 512, 7, 7]``. Keeping
+      every 4th filter (0, 4, .., 4092) and the taps at rows and columns 0, 3, 6 gives
+      ``[1024, 512, 3, 3]``. The three taps are 3 cells apart on VGG's stride-32 map, 96 pixels;
+      with pool5 at stride 1 the map has stride 16, so the same pixels are 6 cells apart:
+      hence dilation 6. Rows/columns 0, 3, 6 are the only evenly spaced choice centred on the
+      filter's middle tap.
+    * fc7: ``classifier.3`` ``[4096, 4096]`` keeps every 4th output (the same ones as fc6) and
+      every 4th input (the fc6 outputs that were kept): ``[1024, 1024, 1, 1]``.
+    * Biases keep the same every-4th entries; fc8 (the 1000 ImageNet classes) is dropped.
+
+    Args:
+        backbone: a :class:`VGGAtrous` with VGG-16's widths (``VGGAtrous()``).
+        state_dict: a torchvision ``vgg16`` state dict (``features.N.*``, ``classifier.N.*``).
+            ``None`` downloads ``VGG16_Weights.IMAGENET1K_V1`` (528 MB), which expects
+            inputs normalised with the ImageNet mean and std, as
+            :func:`ssd_tutorial.preprocess.preprocess` does.
+        progress: show a download progress bar.
+
+    Raises:
+        TypeError: if ``backbone`` is not a :class:`VGGAtrous`.
+        ValueError: if it does not have VGG-16's widths or ``state_dict`` lacks weights.
+        WeightsUnavailableError: if ``state_dict`` is None and the download fails.
+    """
+    if not isinstance(backbone, VGGAtrous):
+        raise TypeError(
+            f"load_vgg16_imagenet needs a VGGAtrous (for an SSD: model.base.backbone), got "
+            f"{type(backbone).__name__}"
+        )
+    if backbone.stages != VGG16_STAGES or backbone.fc_channels != 1024:
+        raise ValueError(
+            f"load_vgg16_imagenet needs VGGAtrous with VGG-16's widths {VGG16_STAGES} and "
+            f"fc_channels 1024, got {backbone.stages} and {backbone.fc_channels}"
+        )
+    if state_dict is None:
+        from torchvision.models import VGG16_Weights
+
+        state_dict = fetch_state_dict(VGG16_Weights.IMAGENET1K_V1, progress)
+    indices = torchvision_vgg_indices(VGG16_STAGES)
+    needed = [f"features.{i}.weight" for i in indices.values()]
+    needed += ["classifier.0.weight", "classifier.3.weight"]
+    missing = [key for key in needed if key not in state_dict]
+    if missing:
+        raise ValueError(
+            f"state_dict must be a torchvision vgg16 state dict with the conv and classifier "
+            f"weights, missing {missing}"
+        )
+    ours = {}
+    for name, index in indices.items():
+        part = "conv5_to_fc7" if name.startswith("conv5") else "conv1_to_conv4"
+        for kind in ("weight", "bias"):
+            ours[f"{part}.{name}.{kind}"] = state_dict[f"features.{index}.{kind}"]
+    fc6 = state_dict["classifier.0.weight"].reshape(4096, 512, 7, 7)
+    ours["conv5_to_fc7.fc6.weight"] = fc6[::4, :, ::3, ::3]
+    ours["conv5_to_fc7.fc6.bias"] = state_dict["classifier.0.bias"][::4]
+    ours["conv5_to_fc7.fc7.weight"] = state_dict["classifier.3.weight"][::4, ::4, None, None]
+    ours["conv5_to_fc7.fc7.bias"] = state_dict["classifier.3.bias"][::4]
+    # Everything but the L2Norm weight, which is SSD's own and keeps its value.
+    backbone.load_state_dict(ours, strict=False)
+
+
+def torchvision_vgg_indices(stages: tuple[tuple[int, ...], ...]) -> dict[str, int]:
+    """Position of each conv (``"conv1_1"`` .. ``"conv5_3"``) in torchvision's ``vgg.features``.
+
+    torchvision numbers the layers of ``features`` in order: each conv is followed by a ReLU and
+    each stage by a max pool, so VGG-16's conv1_1 is 0, conv1_2 is 2, conv2_1 is 5, ...
+    """
+    indices = {}
+    position = 0
+    for stage, widths in enumerate(stages, start=1):
+        for i in range(1, len(widths) + 1):
+            indices[f"conv{stage}_{i}"] = position
+            position += 2
+        position += 1
+    return indices
+
+
+def _vgg_stage(stage: int, in_channels: int, widths: tuple[int, ...]) -> list[tuple[str, Any]]:
+    """Named 3x3 convs and ReLUs of one VGG stage: ``conv{stage}_{i}``, ``relu{stage}_{i}``."""
+    layers: list[tuple[str, Any]] = []
+    for i, out_channels in enumerate(widths, start=1):
+        layers.append((f"conv{stage}_{i}", nn.Conv2d(in_channels, out_channels, 3, padding=1)))
+        layers.append((f"relu{stage}_{i}", nn.ReLU(inplace=True)))
+        in_channels = out_channels
+    return layers
+
+
+def _kaiming_init(conv: nn.Conv2d) -> None:
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    nn.init.zeros_(conv.bias)
+
+
+def _xavier_init(conv: nn.Conv2d) -> None:
+    nn.init.xavier_uniform_(conv.weight)
+    nn.init.zeros_(conv.bias)

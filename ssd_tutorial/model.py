@@ -1,0 +1,317 @@
+"""The SSD network: source feature maps, multibox heads, ``(loc, conf)``.
+
+For SSD300 with ``C`` classes, one normalised ``[B, 3, 300, 300]`` batch flows as::
+
+    base (VGG-16 atrous + extras)   six sources [B, 512, 38, 38] .. [B, 256, 1, 1]
+    per source k: loc conv 3x3      [B, k * 4, f, f]   -> [B, f * f * k, 4]
+                  conf conv 3x3     [B, k * C, f, f]   -> [B, f * f * k, C]
+    concatenate over the sources    loc [B, 8732, 4], conf [B, 8732, C]
+
+``k`` is the number of default boxes per cell (4 or 6). Moving the channels last before
+flattening puts the predictions in the order of :func:`ssd_tutorial.anchors.default_boxes`:
+map, row, column, box in the cell. ``loc`` holds offsets to be decoded with
+:func:`ssd_tutorial.boxes.decode`; ``conf`` holds raw logits, class 0 being the background.
+
+:func:`from_torchvision` and :func:`to_torchvision` convert weights from and to torchvision's
+``ssd300_vgg16``, which has exactly the same layers.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from ssd_tutorial.anchors import SSD300, SSD300_COCO, SSD512, SSD_TINY, AnchorConfig, default_boxes
+from ssd_tutorial.backbones import (
+    SSD300_EXTRAS,
+    SSD512_EXTRAS,
+    VGG16_STAGES,
+    fetch_state_dict,
+    load_vgg16_imagenet,
+    tiny_features,
+    torchvision_vgg_indices,
+    vgg16_features,
+)
+from ssd_tutorial.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+#: Input normalisation of torchvision's ``ssd300_vgg16``: ``(x - mean) / std`` on RGB in [0, 1],
+#: i.e. the Caffe convention (0-255 pixels minus the mean pixel), which its COCO weights expect.
+TORCHVISION_MEAN: tuple[float, float, float] = (0.48235, 0.45882, 0.40784)
+TORCHVISION_STD: tuple[float, float, float] = (1 / 255, 1 / 255, 1 / 255)
+
+
+class MultiBoxHead(nn.Module):
+    """The predictors: per source map, a 3x3 conv for the offsets and one for the class scores.
+
+    Args:
+        in_channels: channels of each source map.
+        boxes_per_cell: ``k`` for each source map (``config.boxes_per_cell``).
+        num_classes: ``C``, background included.
+
+    Shape:
+        list of ``[B, in_channels[m], f_m, f_m]`` -> ``loc [B, P, 4]``, ``conf [B, P, C]`` with
+        ``P = sum_m f_m * f_m * k_m``.
+    """
+
+    def __init__(
+        self, in_channels: list[int], boxes_per_cell: tuple[int, ...], num_classes: int
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        pairs = list(zip(in_channels, boxes_per_cell))
+        self.loc = nn.ModuleList(nn.Conv2d(c, k * 4, 3, padding=1) for c, k in pairs)
+        self.conf = nn.ModuleList(nn.Conv2d(c, k * num_classes, 3, padding=1) for c, k in pairs)
+        for conv in (*self.loc, *self.conf):
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, sources: list[Tensor]) -> tuple[Tensor, Tensor]:
+        loc = torch.cat([_per_box(conv(x), 4) for conv, x in zip(self.loc, sources)], dim=1)
+        conf = torch.cat(
+            [_per_box(conv(x), self.num_classes) for conv, x in zip(self.conf, sources)], dim=1
+        )
+        return loc, conf
+
+
+def _per_box(prediction: Tensor, columns: int) -> Tensor:
+    """``[B, k * columns, f, f]`` -> ``[B, f * f * k, columns]``, boxes by row, column, box.
+
+    Channel ``a * columns + j`` is value ``j`` of the cell's box ``a``, so moving the channels
+    last and splitting them into ``(k, columns)`` lists the boxes in default-box order.
+    """
+    return prediction.permute(0, 2, 3, 1).reshape(prediction.shape[0], -1, columns)
+
+
+class SSD(nn.Module):
+    """Single-Shot MultiBox Detector: a base that gives source maps, and the multibox heads.
+
+    Args:
+        base: module mapping ``[B, 3, S, S]`` to a list of source maps, largest first, with an
+            ``out_channels`` list (e.g. :func:`ssd_tutorial.backbones.vgg16_features`).
+        config: the default boxes; ``config.image_size`` is ``S`` and its feature maps must be
+            the sizes of the base's sources.
+        num_classes: ``C``, the background class 0 included (21 for Pascal VOC).
+        image_mean, image_std: the normalisation the weights expect, for
+            :func:`ssd_tutorial.preprocess.preprocess` (ImageNet statistics unless the weights
+            come from torchvision's SSD, see :data:`TORCHVISION_MEAN`).
+
+    Attributes:
+        config, num_classes, image_mean, image_std: as given.
+        base, head: the two parts (:class:`MultiBoxHead`).
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        config: AnchorConfig,
+        num_classes: int,
+        image_mean: tuple[float, float, float] = IMAGENET_MEAN,
+        image_std: tuple[float, float, float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes counts the background too, so >= 2, got {num_classes}")
+        if len(base.out_channels) != len(config.feature_maps):
+            raise ValueError(
+                f"the base gives {len(base.out_channels)} source maps but config {config.name!r} "
+                f"has {len(config.feature_maps)} feature maps"
+            )
+        self.base = base
+        self.head = MultiBoxHead(base.out_channels, config.boxes_per_cell, num_classes)
+        self.config = config
+        self.num_classes = num_classes
+        self.image_mean = tuple(image_mean)
+        self.image_std = tuple(image_std)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Predict offsets and class logits for every default box.
+
+        Args:
+            images (Tensor[B, 3, S, S]): normalised RGB batch, ``S = config.image_size``.
+
+        Returns:
+            loc (Tensor[B, P, 4]): offsets ``(dcx, dcy, dw, dh)`` from each default box.
+            conf (Tensor[B, P, C]): class logits; ``P = config.num_boxes``.
+        """
+        _check_images(images, self.config.image_size)
+        sources = self.base(images)
+        _check_sources(sources, self.config)
+        return self.head(sources)
+
+
+def _check_images(images: Tensor, size: int) -> None:
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (size, size):
+        raise ValueError(
+            f"images must be a normalised RGB batch of shape [B, 3, {size}, {size}] (resize "
+            f"with ssd_tutorial.preprocess.preprocess), got {list(images.shape)}"
+        )
+    if not images.is_floating_point():
+        raise ValueError(
+            f"images must be floating point and normalised (ssd_tutorial.preprocess.preprocess), "
+            f"got dtype {images.dtype}"
+        )
+
+
+def _check_sources(sources: list[Tensor], config: AnchorConfig) -> None:
+    sizes = tuple(s.shape[-1] for s in sources)
+    if sizes != config.feature_maps:
+        raise ValueError(
+            f"the base gives source maps of sizes {sizes} but config {config.name!r} expects "
+            f"{config.feature_maps}"
+        )
+
+
+#: The networks :func:`build_ssd` knows: name -> (base builder, default boxes).
+ARCHITECTURES = {
+    "ssd300": (partial(vgg16_features, SSD300_EXTRAS), SSD300),
+    "ssd300_coco": (partial(vgg16_features, SSD300_EXTRAS), SSD300_COCO),
+    "ssd512": (partial(vgg16_features, SSD512_EXTRAS), SSD512),
+    "ssd_tiny": (tiny_features, SSD_TINY),
+}
+
+
+def build_ssd(name: str, num_classes: int, pretrained_base: bool = False) -> SSD:
+    """Build a named SSD with freshly initialised heads.
+
+    Args:
+        name: ``"ssd300"`` (VOC default boxes, as the paper), ``"ssd300_coco"`` (torchvision's
+            default boxes; same layers), ``"ssd512"`` or ``"ssd_tiny"`` (128 px, 0.72M
+            parameters with 6 classes, 1.06M with 21, for CPU teaching).
+        num_classes: ``C``, background included.
+        pretrained_base: load ImageNet VGG-16 weights into the base (downloads 528 MB; VGG
+            models only). Raises :class:`ssd_tutorial.backbones.WeightsUnavailableError` offline.
+    """
+    if name not in ARCHITECTURES:
+        raise ValueError(f"name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
+    make_base, config = ARCHITECTURES[name]
+    model = SSD(make_base(), config, num_classes)
+    if pretrained_base:
+        if name == "ssd_tiny":
+            raise ValueError("pretrained_base needs a VGG-16 model, ssd_tiny has its own base")
+        load_vgg16_imagenet(model.base.backbone)
+    return model
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (26,285,486 for SSD300 with 21 classes)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def from_torchvision(
+    model_or_state_dict: nn.Module | dict[str, Tensor], num_classes: int | None = None
+) -> SSD:
+    """Our ``"ssd300_coco"`` SSD with the weights of a torchvision ``ssd300_vgg16``.
+
+    Args:
+        model_or_state_dict: a torchvision ``SSD`` built by ``ssd300_vgg16`` (with its default
+            boxes, which are those of :data:`SSD300_COCO`) or its state dict.
+        num_classes: expected ``C``; by default read from the classification head.
+
+    Returns:
+        SSD whose ``forward`` equals torchvision's ``model.head(model.backbone(x))`` on the same
+        normalised input. ``image_mean``/``image_std`` are the torchvision model's (or
+        :data:`TORCHVISION_MEAN`/:data:`TORCHVISION_STD` for a state dict): preprocess with them.
+    """
+    mean, std = TORCHVISION_MEAN, TORCHVISION_STD
+    if isinstance(model_or_state_dict, nn.Module):
+        transform = model_or_state_dict.transform
+        mean, std = tuple(transform.image_mean), tuple(transform.image_std)
+        state_dict = model_or_state_dict.state_dict()
+    else:
+        state_dict = model_or_state_dict
+    names = _torchvision_names()
+    missing = sorted(set(names.values()) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(names.values()))
+    if missing or unexpected:
+        raise ValueError(
+            f"not a torchvision ssd300_vgg16 state dict: {len(missing)} keys missing "
+            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
+        )
+    # conv4_3 has 4 default boxes per cell, so its classifier has 4 * C filters
+    found = state_dict["head.classification_head.module_list.0.weight"].shape[0] // 4
+    if num_classes is not None and num_classes != found:
+        raise ValueError(f"num_classes={num_classes} but the torchvision model has {found}")
+    model = build_ssd("ssd300_coco", found)
+    model.image_mean, model.image_std = mean, std
+    model.load_state_dict({ours: state_dict[theirs] for ours, theirs in names.items()})
+    return model
+
+
+def to_torchvision(ssd: SSD) -> nn.Module:
+    """A torchvision ``ssd300_vgg16`` with the weights of ``ssd`` (an ``"ssd300_coco"`` SSD).
+
+    torchvision generates its own default boxes, those of :data:`SSD300_COCO`, so ``ssd`` must
+    use the same ones (a model trained with VOC's :data:`SSD300` boxes would decode wrongly).
+    The returned model normalises its input with ``ssd.image_mean`` and ``ssd.image_std``.
+    """
+    ours_boxes, theirs_boxes = default_boxes(ssd.config), default_boxes(SSD300_COCO)
+    if ours_boxes.shape != theirs_boxes.shape or not torch.allclose(ours_boxes, theirs_boxes):
+        raise ValueError(
+            f"torchvision's ssd300_vgg16 uses the default boxes of SSD300_COCO, this model uses "
+            f"{ssd.config.name!r}: build it with build_ssd('ssd300_coco', ...)"
+        )
+    from torchvision.models.detection import ssd300_vgg16
+
+    # Built on the meta device: torchvision's random init (and its 120M-parameter VGG
+    # classifier, dropped by the SSD) would cost seconds for weights that are replaced anyway.
+    with torch.device("meta"):
+        model = ssd300_vgg16(
+            weights=None,
+            weights_backbone=None,
+            num_classes=ssd.num_classes,
+            image_mean=list(ssd.image_mean),
+            image_std=list(ssd.image_std),
+        )
+    state_dict = ssd.state_dict()
+    weights = {theirs: state_dict[ours].clone() for ours, theirs in _torchvision_names().items()}
+    model.load_state_dict(weights, assign=True)
+    return model
+
+
+def load_torchvision_coco(progress: bool = True) -> SSD:
+    """Our SSD300 with torchvision's COCO weights (``SSD300_VGG16_Weights.COCO_V1``, 25.1 AP).
+
+    91 classes: torchvision's COCO category ids, 0 being the background, names in
+    ``SSD300_VGG16_Weights.COCO_V1.meta["categories"]``. Preprocess with the returned model's
+    ``image_mean`` and ``image_std`` (:data:`TORCHVISION_MEAN`, :data:`TORCHVISION_STD`).
+
+    Raises:
+        ssd_tutorial.backbones.WeightsUnavailableError: if the 136 MB file cannot be downloaded.
+    """
+    from torchvision.models.detection import SSD300_VGG16_Weights
+
+    return from_torchvision(fetch_state_dict(SSD300_VGG16_Weights.COCO_V1, progress))
+
+
+def _torchvision_names() -> dict[str, str]:
+    """Our state-dict keys -> torchvision ``ssd300_vgg16``'s, e.g.
+
+    ``base.backbone.conv1_to_conv4.conv1_1.weight`` -> ``backbone.features.0.weight``.
+
+    torchvision keeps VGG's ``features`` up to conv4_3 as they are, then puts pool4 .. conv5_3
+    and a small ``Sequential`` (pool5, fc6, ReLU, fc7, ReLU) into ``extra.0``; conv8 .. conv11
+    are ``extra.1`` .. ``extra.4``. Its L2Norm weight is ``backbone.scale_weight``.
+    """
+    vgg_index = torchvision_vgg_indices(VGG16_STAGES)
+    pool4 = vgg_index["conv4_3"] + 2
+    prefixes = {}
+    for name, index in vgg_index.items():
+        if name.startswith("conv5"):
+            prefixes[f"base.backbone.conv5_to_fc7.{name}"] = f"backbone.extra.0.{index - pool4}"
+        else:
+            prefixes[f"base.backbone.conv1_to_conv4.{name}"] = f"backbone.features.{index}"
+    prefixes["base.backbone.conv5_to_fc7.fc6"] = "backbone.extra.0.7.1"
+    prefixes["base.backbone.conv5_to_fc7.fc7"] = "backbone.extra.0.7.3"
+    for level, n in enumerate(range(8, 8 + len(SSD300_EXTRAS)), start=1):
+        prefixes[f"base.extras.conv{n}.conv{n}_1"] = f"backbone.extra.{level}.0"
+        prefixes[f"base.extras.conv{n}.conv{n}_2"] = f"backbone.extra.{level}.2"
+    for m in range(len(SSD300_COCO.feature_maps)):
+        prefixes[f"head.loc.{m}"] = f"head.regression_head.module_list.{m}"
+        prefixes[f"head.conf.{m}"] = f"head.classification_head.module_list.{m}"
+    names = {"base.backbone.l2norm.weight": "backbone.scale_weight"}
+    for ours, theirs in prefixes.items():
+        names[f"{ours}.weight"] = f"{theirs}.weight"
+        names[f"{ours}.bias"] = f"{theirs}.bias"
+    return names

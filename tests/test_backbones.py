@@ -1,0 +1,194 @@
+import urllib.error
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import vgg16
+
+from ssd_tutorial import backbones as B
+
+
+@pytest.fixture(scope="module")
+def torchvision_vgg16():
+    torch.manual_seed(0)
+    # biases are zero after torchvision's init: make them random so the copy is checked
+    model = vgg16(weights=None).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.bias.normal_()
+    return model
+
+
+@pytest.fixture(scope="module")
+def loaded_backbone(torchvision_vgg16):
+    backbone = B.VGGAtrous().eval()
+    B.load_vgg16_imagenet(backbone, torchvision_vgg16.state_dict())
+    return backbone
+
+
+def test_ssd300_sources_have_the_paper_shapes():
+    features = B.vgg16_features(B.SSD300_EXTRAS)
+    with torch.no_grad():
+        sources = features(torch.randn(1, 3, 300, 300))
+    shapes = [tuple(s.shape[1:]) for s in sources]
+    assert shapes == [
+        (512, 38, 38),  # conv4_3
+        (1024, 19, 19),  # fc7
+        (512, 10, 10),  # conv8_2
+        (256, 5, 5),  # conv9_2
+        (256, 3, 3),  # conv10_2
+        (256, 1, 1),  # conv11_2
+    ]
+    assert features.out_channels == [s[0] for s in shapes]
+
+
+def test_ssd512_sources_have_seven_maps_down_to_1x1():
+    features = B.vgg16_features(B.SSD512_EXTRAS)
+    with torch.no_grad():
+        sources = features(torch.randn(1, 3, 512, 512))
+    assert [s.shape[-1] for s in sources] == [64, 32, 16, 8, 4, 2, 1]
+    assert [s.shape[1] for s in sources] == features.out_channels
+    assert features.out_channels == [512, 1024, 512, 256, 256, 256, 256]
+    assert hasattr(features.extras, "conv12")
+
+
+def test_tiny_sources():
+    features = B.tiny_features()
+    with torch.no_grad():
+        sources = features(torch.randn(2, 3, 128, 128))
+    assert [tuple(s.shape) for s in sources] == [
+        (2, 96, 16, 16),
+        (2, 128, 8, 8),
+        (2, 96, 4, 4),
+        (2, 96, 2, 2),
+        (2, 96, 1, 1),
+    ]
+
+
+def test_layers_are_named_and_shaped_as_in_the_paper():
+    vgg = B.VGGAtrous()
+    assert vgg.conv1_to_conv4.pool3.ceil_mode
+    assert not vgg.conv1_to_conv4.pool1.ceil_mode
+    pool5 = vgg.conv5_to_fc7.pool5
+    assert (pool5.kernel_size, pool5.stride, pool5.padding) == (3, 1, 1)
+    fc6 = vgg.conv5_to_fc7.fc6
+    assert fc6.weight.shape == (1024, 512, 3, 3)
+    assert (fc6.dilation, fc6.padding) == ((6, 6), (6, 6))
+    assert vgg.conv5_to_fc7.fc7.weight.shape == (1024, 1024, 1, 1)
+    assert vgg.conv1_to_conv4.conv4_3.weight.shape == (512, 512, 3, 3)
+    assert torch.equal(vgg.l2norm.weight, torch.full((512,), 20.0))
+    extras = B.vgg16_features().extras
+    assert extras.conv8.conv8_2.stride == (2, 2)
+    assert extras.conv11.conv11_2.padding == (0, 0)
+
+
+def test_new_layers_start_with_xavier_uniform_and_zero_bias():
+    torch.manual_seed(0)
+    features = B.vgg16_features()
+    for conv in (features.backbone.conv5_to_fc7.fc7, features.extras.conv8.conv8_1):
+        fan_in, fan_out = conv.weight.shape[1], conv.weight.shape[0]
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert conv.weight.abs().max() <= bound
+        assert conv.weight.abs().max() > 0.9 * bound
+        assert torch.equal(conv.bias, torch.zeros_like(conv.bias))
+
+
+def test_torchvision_vgg_indices_of_vgg16(torchvision_vgg16):
+    indices = B.torchvision_vgg_indices(B.VGG16_STAGES)
+    assert indices["conv1_1"] == 0
+    assert indices["conv2_1"] == 5
+    assert indices["conv4_3"] == 21
+    assert indices["conv5_3"] == 28
+    features = torchvision_vgg16.features
+    assert all(isinstance(features[i], nn.Conv2d) for i in indices.values())
+    assert sum(isinstance(m, nn.Conv2d) for m in features) == len(indices) == 13
+
+
+def test_imagenet_convs_are_copied_unchanged(torchvision_vgg16, loaded_backbone):
+    x = torch.randn(1, 3, 224, 224)  # even sizes: ceil_mode of pool3 changes nothing
+    with torch.no_grad():
+        theirs_conv4_3 = torchvision_vgg16.features[:23](x)
+        theirs_conv5_3 = torchvision_vgg16.features[23:30](theirs_conv4_3)
+        ours_conv4_3 = loaded_backbone.conv1_to_conv4(x)
+        ours_conv5_3 = loaded_backbone.conv5_to_fc7[:7](ours_conv4_3)
+    torch.testing.assert_close(ours_conv4_3, theirs_conv4_3)
+    torch.testing.assert_close(ours_conv5_3, theirs_conv5_3)
+    assert torch.equal(loaded_backbone.l2norm.weight, torch.full((512,), 20.0))
+
+
+def test_fc6_is_imagenet_fc6_restricted_to_a_3x3_grid_of_taps(torchvision_vgg16, loaded_backbone):
+    # VGG's fc6 is a 7x7 conv on pool5's 512 x 7 x 7 map. Zero all but its taps at rows and
+    # columns 0, 3, 6 and keep every 4th output: that is our fc6 used with dilation 3 on the
+    # same stride-32 map (dilation 6 on SSD's stride-16 map).
+    pool5 = torch.randn(2, 512, 7, 7)
+    fc6 = torchvision_vgg16.classifier[0]
+    mask = torch.zeros(1, 1, 7, 7)
+    mask[..., ::3, ::3] = 1
+    ours = loaded_backbone.conv5_to_fc7.fc6
+    with torch.no_grad():
+        weight = (fc6.weight.view(4096, 512, 7, 7) * mask).flatten(1)
+        expected = F.linear(pool5.flatten(1), weight, fc6.bias)[:, ::4]
+        got = F.conv2d(pool5, ours.weight, ours.bias, dilation=3)
+    assert got.shape == (2, 1024, 1, 1)
+    torch.testing.assert_close(got.flatten(1), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fc7_is_imagenet_fc7_restricted_to_the_kept_fc6_outputs(torchvision_vgg16, loaded_backbone):
+    kept = torch.randn(3, 1024)  # our fc6 outputs: VGG's fc6 outputs 0, 4, 8, ...
+    fc6_out = torch.zeros(3, 4096)
+    fc6_out[:, ::4] = kept
+    with torch.no_grad():
+        expected = torchvision_vgg16.classifier[3](fc6_out)[:, ::4]
+        got = loaded_backbone.conv5_to_fc7.fc7(kept[:, :, None, None]).flatten(1)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_load_vgg16_imagenet_rejects_other_widths_and_incomplete_state_dicts(torchvision_vgg16):
+    with pytest.raises(
+        TypeError,
+        match=r"needs a VGGAtrous \(for an SSD: model.base.backbone\), got MultiScaleFeatures",
+    ):
+        B.load_vgg16_imagenet(B.vgg16_features(), torchvision_vgg16.state_dict())
+    with pytest.raises(ValueError, match="needs VGGAtrous with VGG-16's widths"):
+        B.load_vgg16_imagenet(B.tiny_features().backbone, torchvision_vgg16.state_dict())
+    features_only = {k: v for k, v in torchvision_vgg16.state_dict().items() if "features" in k}
+    with pytest.raises(ValueError, match=r"missing \['classifier.0.weight', 'classifier.3.weight'"):
+        B.load_vgg16_imagenet(B.VGGAtrous(), features_only)
+
+
+def test_vgg_atrous_needs_five_stages():
+    with pytest.raises(ValueError, match="stages must list the conv widths of 5 stages"):
+        B.VGGAtrous(((8,), (8,), (8,), (8,)))
+
+
+class _UnreachableWeights:
+    url = "https://download.invalid/vgg16.pth"
+
+    def get_state_dict(self, progress, check_hash):
+        raise urllib.error.URLError("Name or service not known")
+
+    def __str__(self):
+        return "VGG16_Weights.TEST"
+
+
+def test_failed_download_raises_a_clear_error():
+    with pytest.raises(B.WeightsUnavailableError, match=r"could not download VGG16_Weights.TEST"):
+        B.fetch_state_dict(_UnreachableWeights())
+    with pytest.raises(B.WeightsUnavailableError, match="need internet access"):
+        B.fetch_state_dict(_UnreachableWeights())
+
+
+@pytest.mark.slow
+def test_load_vgg16_imagenet_from_the_internet():
+    from torchvision.models import VGG16_Weights
+
+    try:
+        state_dict = B.fetch_state_dict(VGG16_Weights.IMAGENET1K_V1, progress=False)
+    except B.WeightsUnavailableError as err:
+        pytest.skip(f"offline: {err}")
+    backbone = B.VGGAtrous()
+    B.load_vgg16_imagenet(backbone)  # downloads again through torch's cache
+    assert torch.equal(backbone.conv1_to_conv4.conv1_1.weight, state_dict["features.0.weight"])
+    assert torch.equal(backbone.conv5_to_fc7.fc7.bias, state_dict["classifier.3.bias"][::4])
