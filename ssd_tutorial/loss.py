@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssd_tutorial.boxes import VARIANCES, encode
+from ssd_tutorial.boxes import VARIANCES
 from ssd_tutorial.matching import match_objects
 
 
@@ -111,22 +111,20 @@ class MultiBoxLoss(nn.Module):
         matches = match_objects(gt_boxes, gt_labels, priors, self.iou_threshold, num_classes)
         with torch.autocast(loc.device.type, enabled=False):
             loc, conf = loc.float(), conf.float()
-            # Cross-entropy of every default box against its target class (0 for negatives):
-            # log-sum-exp minus the target logit, without materialising log-softmax [B, P, C].
+            # Cross-entropy of every default box against its target class (0 for negatives).
             targets = matches.prior_labels()
-            target_logit = conf.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            cross_entropy = torch.logsumexp(conf, dim=-1) - target_logit  # [B, P]
+            cross_entropy = F.cross_entropy(
+                conf.flatten(0, 1), targets.flatten(), reduction="none"
+            ).view_as(targets)  # [B, P]
             _check_finite(loc, cross_entropy)
 
             positive = matches.positive
             hard_negative = hard_negative_mask(cross_entropy.detach(), positive, self.neg_pos_ratio)
             confidence = torch.where(positive | hard_negative, cross_entropy, 0).sum()
 
-            image, prior = positive.nonzero(as_tuple=True)
-            objects = matches.boxes[matches.object_index[image, prior]].float()
-            target_offsets = encode(objects, priors[prior].float(), self.variances)
+            image, prior, target_offsets = matches.positive_offsets(priors, self.variances)
             localization = F.smooth_l1_loss(
-                loc[image, prior], target_offsets, reduction="sum", beta=1.0
+                loc[image, prior], target_offsets.float(), reduction="sum", beta=1.0
             )
 
         num_positives = len(image)

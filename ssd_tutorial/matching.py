@@ -6,8 +6,9 @@ SSD turns a list of labelled boxes into one training target per default box in t
    IoU is below the threshold, so that no object is left without a positive. If two objects of
    one image pick the same default box, **the object listed later wins** (the higher index in
    ``gt_boxes[i]``), which is what both ``amdegroot/ssd.pytorch`` (a loop over the objects) and
-   torchvision's ``SSDMatcher`` (an indexed assignment) end up doing. The earlier object then
-   keeps only the default boxes it gets in step 2.
+   torchvision's ``SSDMatcher`` (an indexed assignment, whose repeated writes land in order on
+   the CPU) end up doing. The earlier object then keeps only the default boxes it gets in
+   step 2.
 2. **Every other default box whose best IoU reaches the threshold takes that best object**:
    IoU ``>= iou_threshold``, as in torchvision's ``Matcher`` and the reference code (the paper
    writes "> 0.5"; the two differ only for an IoU of exactly 0.5). When several objects tie for
@@ -32,7 +33,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ssd_tutorial.boxes import center_to_corners
+from ssd_tutorial.boxes import VARIANCES, center_to_corners, encode
 
 
 class Matches(NamedTuple):
@@ -71,6 +72,21 @@ class Matches(NamedTuple):
         with_own = torch.cat((self.boxes, own_boxes.new_zeros(1, 4)))
         boxes = with_own[self._index_or(len(self.boxes))]
         return torch.where(self.positive.unsqueeze(-1), boxes, own_boxes)
+
+    def positive_offsets(
+        self, priors: Tensor, variances: tuple[float, float] = VARIANCES
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The regression targets, for the positive default boxes only.
+
+        Returns:
+            image (Tensor[N], int64), prior (Tensor[N], int64): the ``N`` positives, as
+                (image index, default box index) pairs in row-major order.
+            offsets (Tensor[N, 4]): :func:`~ssd_tutorial.boxes.encode` of each positive's
+                object box relative to its default box.
+        """
+        image, prior = self.positive.nonzero(as_tuple=True)
+        objects = self.boxes[self.object_index[image, prior]]
+        return image, prior, encode(objects, priors[prior], variances)
 
     def image_object_index(self) -> Tensor:
         """Tensor[B, P], int64: the object index within its own image (``gt_boxes[i]``), or -1."""
@@ -112,7 +128,10 @@ def match(
 def match_indices(gt_boxes: Sequence[Tensor], priors: Tensor, iou_threshold: float = 0.5) -> Tensor:
     """For each default box, the index of its object within its image, or -1 for background.
 
-    The same result as torchvision's ``SSDMatcher`` applied to each image, for the whole batch.
+    The same result as torchvision's ``box_iou`` + ``SSDMatcher`` applied to each image on the
+    same coordinates, for the whole batch. (Matching the same boxes in pixels can differ: an
+    object inside several equal default boxes has exactly equal IoU with them, and rounding in
+    pixels breaks such ties differently.)
 
     Args:
         gt_boxes (list of Tensor[n_i, 4]): as in :func:`match`.

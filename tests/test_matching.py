@@ -6,7 +6,7 @@ from torchvision.models.detection._utils import SSDMatcher
 from torchvision.ops import box_iou as torchvision_box_iou
 
 from ssd_tutorial.anchors import SSD300, default_boxes
-from ssd_tutorial.boxes import box_iou, center_to_corners, corners_to_center
+from ssd_tutorial.boxes import box_iou, center_to_corners, corners_to_center, encode
 from ssd_tutorial.matching import match, match_indices, match_objects
 
 PRIORS = default_boxes(SSD300)
@@ -154,6 +154,17 @@ def test_match_objects_indexes_the_concatenated_ground_truth():
     assert torch.equal(matches.image_object_index(), match_indices(gt_boxes, PRIORS))
     _, labels = match(gt_boxes, gt_labels, PRIORS)
     assert torch.equal(matches.prior_labels(), labels)
+
+
+def test_positive_offsets_are_the_dense_offsets_of_the_positives():
+    gt_boxes, gt_labels = random_batch(torch.Generator().manual_seed(10), num_images=4)
+    matches = match_objects(gt_boxes, gt_labels, PRIORS)
+    image, prior, offsets = matches.positive_offsets(PRIORS, variances=(0.2, 0.1))
+    boxes, labels = match(gt_boxes, gt_labels, PRIORS)
+    assert torch.equal(torch.stack((image, prior), dim=1), (labels > 0).nonzero())
+    torch.testing.assert_close(offsets, encode(boxes, PRIORS, (0.2, 0.1))[labels > 0])
+    background = encode(boxes, PRIORS)[labels == 0]  # own box: zero up to rounding
+    torch.testing.assert_close(background, torch.zeros_like(background), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
