@@ -141,7 +141,7 @@ def match_indices(gt_boxes: Sequence[Tensor], priors: Tensor, iou_threshold: flo
     Returns:
         Tensor[B, P], int64: index into ``gt_boxes[i]`` for image ``i``, -1 for background.
     """
-    _check_priors(priors)
+    _check_priors_and_threshold(priors, iou_threshold)
     boxes, first_object = _concatenate_boxes(gt_boxes, priors)
     object_index = _match_concatenated(boxes, first_object, priors, iou_threshold)
     return _within_image(object_index, first_object)
@@ -169,7 +169,7 @@ def match_objects(
             do not match its boxes in number, are not integers or are out of range. The message
             names the image index (and the box index for bad values).
     """
-    _check_priors(priors)
+    _check_priors_and_threshold(priors, iou_threshold)
     if len(gt_labels) != len(gt_boxes):
         raise ValueError(
             f"gt_boxes and gt_labels must have one entry per image, got {len(gt_boxes)} box "
@@ -241,7 +241,9 @@ def _image_of_object(first_object: Tensor, num_objects: int) -> Tensor:
     return torch.repeat_interleave(torch.arange(len(first_object), device=counts.device), counts)
 
 
-def _check_priors(priors: Tensor) -> None:
+def _check_priors_and_threshold(priors: Tensor, iou_threshold: float) -> None:
+    if not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     if not isinstance(priors, Tensor) or priors.ndim != 2 or priors.shape[1] != 4:
         shape = list(priors.shape) if isinstance(priors, Tensor) else type(priors).__name__
         raise ValueError(f"priors must be a Tensor[P, 4] (cx, cy, w, h), got {shape}")

@@ -250,3 +250,5 @@ def test_bad_shapes_and_labels_are_rejected():
         match_objects([box], [torch.tensor([21])], PRIORS, num_classes=21)
     with pytest.raises(ValueError, match=r"priors must be a Tensor\[P, 4\] \(cx, cy, w, h\)"):
         match([box], [torch.tensor([1])], PRIORS[:, :2])
+    with pytest.raises(ValueError, match=r"iou_threshold must be in \(0, 1\], got 0"):
+        match_indices([box], PRIORS, iou_threshold=0)
