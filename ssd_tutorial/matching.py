@@ -186,13 +186,20 @@ def _match_concatenated(
 ) -> Tensor:
     """The two matching steps on the concatenated objects ``boxes[G, 4]`` -> ``[B, P]``."""
     num_images, num_priors, num_objects = len(first_object), len(priors), len(boxes)
+    if num_objects == 0:
+        return torch.full((num_images, num_priors), -1, dtype=torch.int64, device=boxes.device)
     image_of_object = _image_of_object(first_object, num_objects)
     iou = _iou_with_priors(boxes, center_to_corners(priors))  # [G, P]
 
     # Step 2 first (step 1 overrides it): the (object, default box) pairs above the threshold.
-    # One slot per (image, default box) in a flat [B * P] index.
-    pair_object, pair_prior = (iou >= iou_threshold).nonzero(as_tuple=True)
-    pair_iou = iou[pair_object, pair_prior]
+    # Only default boxes whose best IoU in the whole batch reaches the threshold can be in one
+    # (a small fraction of them); a cheap column max finds them before the search for pairs.
+    candidates = (iou.amax(dim=0) >= iou_threshold).nonzero().squeeze(1)
+    candidate_iou = iou.index_select(1, candidates)
+    pair_object, pair_column = (candidate_iou >= iou_threshold).nonzero(as_tuple=True)
+    pair_prior = candidates[pair_column]
+    pair_iou = candidate_iou[pair_object, pair_column]
+    # Each pair competes for one slot per (image, default box) in a flat [B * P] index.
     pair_slot = image_of_object[pair_object] * num_priors + pair_prior
     best_iou = iou.new_zeros(num_images * num_priors)
     best_iou.scatter_reduce_(0, pair_slot, pair_iou, "amax", include_self=False)
