@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/bench_matching_loss.py            # batch 32 on the CPU
     python benchmarks/bench_matching_loss.py --quick    # a shorter run
     python benchmarks/bench_matching_loss.py --device cuda --batch 256
+    python benchmarks/bench_matching_loss.py --threads 1    # steadier on a shared CPU
 
 Both sides get the same SSD300 default boxes (8732) and the same seeded batch of images with
 1-20 objects each. torchvision's side is what ``SSD.forward`` does in training: per image,
@@ -66,7 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, help="timing rounds (default 3, quick 1)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     min_run_time = 0.3 if args.quick else 1.0
     args.rounds = args.rounds or (1 if args.quick else 3)
 

@@ -13,6 +13,12 @@ For a batch with ``N`` positive default boxes (those matched to an object, see
   thousands of negatives, most of them easy; the hard negatives are, per image, the negatives
   with the highest background loss, at most ``neg_pos_ratio`` (3) per positive of that image.
 
+**Computing it.** Mining ranks every negative by its background loss, so that pass covers all
+``B x P`` default boxes, but it is a ranking and needs no gradient. The differentiable
+cross-entropy is then computed for the chosen boxes only (positives and hard negatives, about
+``4N`` rows), as the reference implementation does: the same value and gradients as computing
+it for every box and masking, with a backward pass over a few thousand rows instead of all.
+
 **No positives.** Matching gives every object a default box, so ``N = 0`` only when no image of
 the batch has an object. The 3:1 rule then mines no negatives, both sums are empty and the loss
 is exactly 0 (with zero gradients), because the sums are divided by ``max(N, 1)``. This is what
@@ -111,16 +117,21 @@ class MultiBoxLoss(nn.Module):
         matches = match_objects(gt_boxes, gt_labels, priors, self.iou_threshold, num_classes)
         with torch.autocast(loc.device.type, enabled=False):
             loc, conf = loc.float(), conf.float()
-            # Cross-entropy of every default box against its target class (0 for negatives).
-            targets = matches.prior_labels()
-            cross_entropy = F.cross_entropy(
-                conf.flatten(0, 1), targets.flatten(), reduction="none"
-            ).view_as(targets)  # [B, P]
-            _check_finite(loc, cross_entropy)
-
+            _check_finite(loc, "loc")
+            _check_finite(conf, "conf")
             positive = matches.positive
-            hard_negative = hard_negative_mask(cross_entropy.detach(), positive, self.neg_pos_ratio)
-            confidence = torch.where(positive | hard_negative, cross_entropy, 0).sum()
+
+            # Mining ranks the negatives by their background loss, -log softmax(conf)[0]. A
+            # ranking needs no gradient: only the chosen boxes enter the differentiable loss,
+            # which keeps the backward pass to them instead of all B * P default boxes.
+            with torch.no_grad():
+                background_loss = -F.log_softmax(conf, dim=-1)[..., 0]
+            hard_negative = hard_negative_mask(background_loss, positive, self.neg_pos_ratio)
+
+            # Cross-entropy of the positives (their object's class) and hard negatives (0).
+            image, prior = (positive | hard_negative).nonzero(as_tuple=True)
+            targets = matches.prior_labels()[image, prior]
+            confidence = F.cross_entropy(conf[image, prior], targets, reduction="sum")
 
             image, prior, target_offsets = matches.positive_offsets(priors, self.variances)
             localization = F.smooth_l1_loss(
@@ -188,20 +199,17 @@ def _check_predictions(loc: Tensor, conf: Tensor, priors: Tensor, num_images: in
         raise ValueError(f"loc and conf must be floating point, got {loc.dtype}, {conf.dtype}")
 
 
-def _check_finite(loc: Tensor, cross_entropy: Tensor) -> None:
-    """One check of the predictions, before they reach the loss.
+def _check_finite(predictions: Tensor, name: str) -> None:
+    """Raise if ``predictions[B, P, K]`` holds a NaN or inf, naming the first default box.
 
-    A NaN or ``+inf`` logit makes its default box's cross-entropy non-finite, and so does a
-    ``-inf`` logit for the target class; a ``-inf`` for another class is a valid probability 0.
-    The fast path is one sum per tensor: a non-finite entry makes the sum non-finite.
+    The fast path is one sum: a non-finite entry makes the sum non-finite.
     """
-    for name, values in (("conf", cross_entropy), ("loc", loc)):
-        if bool(torch.isfinite(values.sum())):
-            continue
-        bad = ~torch.isfinite(values.reshape(*cross_entropy.shape, -1)).all(dim=-1)
-        if bool(bad.any()):  # else only the sum overflowed: huge but finite values
-            image, prior = bad.nonzero()[0].tolist()
-            raise ValueError(
-                f"{name} contains NaN or inf for {int(bad.sum())} default box(es), "
-                f"first at image {image}, default box {prior}"
-            )
+    if bool(torch.isfinite(predictions.sum())):
+        return
+    bad = ~torch.isfinite(predictions).all(dim=-1)
+    if bool(bad.any()):  # else only the sum overflowed: huge but finite values
+        image, prior = bad.nonzero()[0].tolist()
+        raise ValueError(
+            f"{name} contains NaN or inf for {int(bad.sum())} default box(es), "
+            f"first at image {image}, default box {prior}"
+        )

@@ -210,7 +210,7 @@ def _match_concatenated(
         0, pair_slot[is_best], pair_object[is_best], "amin", include_self=False
     )
 
-    # Step 1: each object's best default box (argmax returns the first maximum); if two objects
+    # Step 1: each object's best default box (max returns the first maximum); if two objects
     # of one image share it, the later object wins.
     forced_slot = image_of_object * num_priors + iou.max(dim=1).indices
     objects = torch.arange(num_objects, device=boxes.device)
@@ -221,9 +221,10 @@ def _match_concatenated(
 def _iou_with_priors(boxes: Tensor, prior_corners: Tensor) -> Tensor:
     """IoU of every object with every default box: ``[G, 4]``, ``[P, 4]`` -> ``[G, P]``.
 
-    The same numbers as :func:`ssd_tutorial.boxes.pairwise_iou` (and torchvision's
-    ``box_iou``), computed for speed on a CPU: on contiguous coordinate planes (no
-    ``[G, P, 2]`` intermediates) and in place, so that only two ``[G, P]`` buffers are used.
+    Bit for bit the numbers of :func:`ssd_tutorial.boxes.pairwise_iou` and torchvision's
+    ``box_iou`` (same operations in the same order), computed with less memory traffic: on
+    contiguous coordinate planes (no ``[G, P, 2]`` intermediates) and mostly in place, with
+    two ``[G, P]`` buffers and one short-lived temporary.
     """
     x1, y1, x2, y2 = boxes.T.unsqueeze(-1)  # each [G, 1]
     px1, py1, px2, py2 = prior_corners.T.contiguous()  # each [P]

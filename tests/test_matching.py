@@ -7,7 +7,7 @@ from torchvision.ops import box_iou as torchvision_box_iou
 
 from ssd_tutorial.anchors import SSD300, default_boxes
 from ssd_tutorial.boxes import box_iou, center_to_corners, corners_to_center, encode
-from ssd_tutorial.matching import match, match_indices, match_objects
+from ssd_tutorial.matching import _iou_with_priors, match, match_indices, match_objects
 
 PRIORS = default_boxes(SSD300)
 
@@ -40,6 +40,18 @@ def reference_match_indices(boxes: torch.Tensor, priors: torch.Tensor, threshold
     for j in range(len(boxes)):  # later objects overwrite earlier ones
         matched[iou[j].argmax()] = j
     return matched
+
+
+def test_batched_iou_is_bit_for_bit_torchvision_box_iou():
+    # The matcher's fast IoU must give exactly torchvision's numbers: IoU ties between equal
+    # default boxes are common (an object inside several of them), and equal numbers break
+    # them the same way.
+    gt_boxes, _ = random_batch(torch.Generator().manual_seed(11), num_images=8)
+    boxes, prior_corners = torch.cat(gt_boxes), center_to_corners(PRIORS)
+    assert torch.equal(_iou_with_priors(boxes, prior_corners), box_iou(boxes, prior_corners))
+    assert torch.equal(
+        _iou_with_priors(boxes, prior_corners), torchvision_box_iou(boxes, prior_corners)
+    )
 
 
 def test_one_object_takes_every_default_box_above_the_threshold():
