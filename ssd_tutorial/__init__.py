@@ -4,6 +4,16 @@ Modules, in the order the book teaches them:
 
 * :mod:`ssd_tutorial.boxes`: box formats, IoU, offset encoding.
 * :mod:`ssd_tutorial.anchors`: default boxes and their configurations.
+* :mod:`ssd_tutorial.layers`: L2Norm.
+* :mod:`ssd_tutorial.backbones`: the VGG16-atrous base and the extra layers.
+* :mod:`ssd_tutorial.model`: SSD, ``build_ssd``, conversion to and from torchvision.
+* :mod:`ssd_tutorial.preprocess`: resizing and normalising images for the network.
+* :mod:`ssd_tutorial.matching`: batched two-step matching of ground truth to default boxes.
+* :mod:`ssd_tutorial.loss`: the MultiBox loss with hard negative mining.
+* :mod:`ssd_tutorial.data`: synthetic shapes, VOC and COCO readers, SSD augmentation, collate.
+* :mod:`ssd_tutorial.train`: the training loop, schedules, checkpoints.
+* :mod:`ssd_tutorial.evaluate`: Pascal VOC mAP, COCO metrics, AP by object size.
+* :mod:`ssd_tutorial.explorer`: the interactive anchor explorer.
 """
 
 import os

@@ -75,6 +75,8 @@ class VGGAtrous(nn.Module):
         fc_channels: channels of fc6 and fc7 (1024 in SSD).
         dilation: dilation (and padding) of fc6's 3x3 conv (6 in SSD300 and SSD512).
         l2norm_scale: initial weight of the L2Norm on the first source (20 in SSD).
+        batch_norm: put a BatchNorm after every 3x3 conv of the five stages (not in SSD's VGG-16;
+            it lets the small teaching model train from scratch at a high learning rate).
 
     Shape:
         ``[B, 3, S, S]`` -> ``[conv4_3 [B, stages[3][-1], S/8, S/8], fc7 [B, fc_channels, S/16,
@@ -87,6 +89,7 @@ class VGGAtrous(nn.Module):
         fc_channels: int = 1024,
         dilation: int = 6,
         l2norm_scale: float = 20.0,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if len(stages) != 5 or not all(stages):
@@ -94,18 +97,18 @@ class VGGAtrous(nn.Module):
         self.stages = tuple(tuple(s) for s in stages)
         self.fc_channels = fc_channels
         conv1_to_conv4 = [
-            *_vgg_stage(1, 3, stages[0]),
+            *_vgg_stage(1, 3, stages[0], batch_norm),
             ("pool1", nn.MaxPool2d(2, 2)),
-            *_vgg_stage(2, stages[0][-1], stages[1]),
+            *_vgg_stage(2, stages[0][-1], stages[1], batch_norm),
             ("pool2", nn.MaxPool2d(2, 2)),
-            *_vgg_stage(3, stages[1][-1], stages[2]),
+            *_vgg_stage(3, stages[1][-1], stages[2], batch_norm),
             # ceil_mode: an odd map (75 at 300 px) keeps its last row and column: 38, not 37
             ("pool3", nn.MaxPool2d(2, 2, ceil_mode=True)),
-            *_vgg_stage(4, stages[2][-1], stages[3]),
+            *_vgg_stage(4, stages[2][-1], stages[3], batch_norm),
         ]
         conv5_to_fc7 = [
             ("pool4", nn.MaxPool2d(2, 2)),
-            *_vgg_stage(5, stages[3][-1], stages[4]),
+            *_vgg_stage(5, stages[3][-1], stages[4], batch_norm),
             # stride 1: the map stays 19 x 19 instead of shrinking to 10 x 10
             ("pool5", nn.MaxPool2d(3, stride=1, padding=1)),
             ("fc6", nn.Conv2d(stages[4][-1], fc_channels, 3, padding=dilation, dilation=dilation)),
@@ -220,13 +223,16 @@ def vgg16_features(extras: tuple[ExtraSpec, ...] = SSD300_EXTRAS) -> MultiScaleF
 def tiny_features() -> MultiScaleFeatures:
     """A small VGG-like base for teaching on a CPU: 128 px input, sources 16, 8, 4, 2, 1.
 
-    The same parts as SSD300, thinner: one 3x3 conv per stage (16, 32, 64, 96, 128 channels),
+    The same parts as SSD300, thinner: one 3x3 conv per stage (16, 32, 64, 96, 128 channels,
+    each batch-normalised so that it trains from scratch in minutes),
     fc6/fc7 with 128 channels and three extra levels of 96 channels. Sources: conv4_1
     (96 x 16 x 16, through L2Norm), fc7 (128 x 8 x 8), conv8_2 (96 x 4 x 4), conv9_2
     (96 x 2 x 2), conv10_2 (96 x 1 x 1). fc6 uses dilation 3: on an 8 x 8 map, taps 6 cells
     apart would mostly read padding.
     """
-    backbone = VGGAtrous(((16,), (32,), (64,), (96,), (128,)), fc_channels=128, dilation=3)
+    backbone = VGGAtrous(
+        ((16,), (32,), (64,), (96,), (128,)), fc_channels=128, dilation=3, batch_norm=True
+    )
     return MultiScaleFeatures(backbone, ExtraLayers(128, ((48, 96, 3, 2, 1),) * 3))
 
 
@@ -335,11 +341,16 @@ def torchvision_vgg_indices(stages: tuple[tuple[int, ...], ...]) -> dict[str, in
     return indices
 
 
-def _vgg_stage(stage: int, in_channels: int, widths: tuple[int, ...]) -> list[tuple[str, Any]]:
-    """Named 3x3 convs and ReLUs of one VGG stage: ``conv{stage}_{i}``, ``relu{stage}_{i}``."""
+def _vgg_stage(
+    stage: int, in_channels: int, widths: tuple[int, ...], batch_norm: bool = False
+) -> list[tuple[str, Any]]:
+    """Named 3x3 convs (optionally batch-normalised) and ReLUs of one VGG stage:
+    ``conv{stage}_{i}``, ``bn{stage}_{i}``, ``relu{stage}_{i}``."""
     layers: list[tuple[str, Any]] = []
     for i, out_channels in enumerate(widths, start=1):
         layers.append((f"conv{stage}_{i}", nn.Conv2d(in_channels, out_channels, 3, padding=1)))
+        if batch_norm:
+            layers.append((f"bn{stage}_{i}", nn.BatchNorm2d(out_channels)))
         layers.append((f"relu{stage}_{i}", nn.ReLU(inplace=True)))
         in_channels = out_channels
     return layers

@@ -51,6 +51,10 @@ from ssd_tutorial.boxes import VARIANCES
 from ssd_tutorial.matching import match_objects
 
 
+class NonFinitePredictionError(ValueError):
+    """The network predicted NaN or inf (usually a diverging run, not bad data)."""
+
+
 class LossTerms(NamedTuple):
     """The MultiBox loss of a batch, and its parts (all already divided by ``max(N, 1)``).
 
@@ -209,7 +213,7 @@ def _check_finite(predictions: Tensor, name: str) -> None:
     bad = ~torch.isfinite(predictions).all(dim=-1)
     if bool(bad.any()):  # else only the sum overflowed: huge but finite values
         image, prior = bad.nonzero()[0].tolist()
-        raise ValueError(
+        raise NonFinitePredictionError(
             f"{name} contains NaN or inf for {int(bad.sum())} default box(es), "
             f"first at image {image}, default box {prior}"
         )

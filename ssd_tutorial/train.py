@@ -1,0 +1,377 @@
+"""Training SSD: SGD with warm-up and step decay, mixed precision, checkpoints that resume exactly.
+
+The loop is plain PyTorch, short enough to read in one sitting:
+
+    for each epoch:   seed the epoch's randomness from (seed, epoch)
+        for each batch:   forward -> MultiBox loss -> backward -> SGD step -> LR schedule
+        save a checkpoint (model, optimiser, scheduler, grad scaler, counters, RNG states)
+
+Every epoch's data order and augmentation depend only on ``(seed, epoch)``, so a run resumed
+from a checkpoint continues with exactly the losses an uninterrupted run would have had.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ssd_tutorial.anchors import default_boxes
+from ssd_tutorial.loss import LossTerms, MultiBoxLoss, NonFinitePredictionError
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run. Defaults follow the SSD paper's Pascal VOC recipe.
+
+    Attributes:
+        epochs: passes over the training data.
+        optimizer: ``"sgd"`` (with momentum, the paper's choice) or ``"adamw"`` (converges in
+            fewer steps when training small models from scratch, as the CPU chapter does).
+        lr: peak learning rate (after warm-up).
+        momentum, weight_decay: SGD settings (0.9 and 5e-4 in the paper); AdamW uses the
+            weight decay too.
+        warmup_steps: steps over which the LR rises linearly from ``lr * warmup_factor``.
+        milestones: steps after which the LR is multiplied by ``gamma``.
+        max_steps: stop after this many steps in total (``None``: run all epochs).
+        grad_clip: clip the gradient norm to this value (``None``: no clipping).
+        amp: mixed precision on CUDA: ``"bf16"``, ``"fp16"`` (with gradient scaling) or
+            ``None``; ignored on other devices.
+        compile: run the model through ``torch.compile``.
+        channels_last: use the channels-last memory format (faster convolutions on GPUs).
+        seed: seeds weights-independent randomness: data order, augmentation, workers.
+        log_every: write a CSV row every this many steps.
+    """
+
+    epochs: int = 10
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_steps: int = 0
+    warmup_factor: float = 1e-3
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    max_steps: int | None = None
+    grad_clip: float | None = None
+    amp: str | None = "bf16"
+    compile: bool = False
+    channels_last: bool = False
+    seed: int = 0
+    log_every: int = 10
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be 'bf16', 'fp16' or None, got {self.amp!r}")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones must be increasing, got {self.milestones}")
+
+
+#: Reference schedules, in steps at batch size 32: the SSD300 VOC recipe of the reference
+#: PyTorch code (120k iterations, decay at 80k and 100k) and torchvision's COCO recipe
+#: (120 epochs, decay at epochs 80 and 110; about 3665 steps per epoch at batch 32).
+PRESETS: dict[str, dict[str, Any]] = {
+    "voc_reference": {"lr": 1e-3, "milestones": (80_000, 100_000), "max_steps": 120_000},
+    "coco_torchvision": {
+        "lr": 2e-3,
+        "milestones": (80 * 3665, 110 * 3665),
+        "max_steps": 120 * 3665,
+        "warmup_steps": 1000,
+    },
+}
+
+
+def learning_rate_factor(step: int, config: TrainConfig) -> float:
+    """Multiplier of ``config.lr`` at ``step``: linear warm-up, then step decay."""
+    factor = config.gamma ** sum(step >= m for m in config.milestones)
+    if step < config.warmup_steps:
+        progress = step / config.warmup_steps
+        factor *= config.warmup_factor + (1 - config.warmup_factor) * progress
+    return factor
+
+
+class Trainer:
+    """Trains an SSD model on batches of ``(images, boxes, labels, ...)``.
+
+    Args:
+        model: an SSD (forward gives ``loc[B, P, 4]``, ``conf[B, P, C]``; has ``config`` and
+            ``num_classes``).
+        config: the run's hyper-parameters.
+        device: where to train (default: CUDA if available, else CPU).
+        loss_fn: defaults to :class:`~ssd_tutorial.loss.MultiBoxLoss` with the paper's settings.
+        out_dir: where ``train.csv``, ``eval.csv`` and ``last.pt`` go (``None``: nothing is
+            written).
+        progress: show tqdm progress bars.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        device: torch.device | str | None = None,
+        loss_fn: nn.Module | None = None,
+        out_dir: Path | str | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.config = config
+        self.model = model.to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.loss_fn = loss_fn or MultiBoxLoss()
+        self.priors = default_boxes(model.config, device=self.device)
+        self.optimizer = _optimizer(self.model, config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: learning_rate_factor(step, config)
+        )
+        self.amp_dtype = _amp_dtype(config.amp, self.device)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    def fit(
+        self,
+        loader: Iterable,
+        evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    ) -> list[dict[str, float]]:
+        """Train from the current epoch to ``config.epochs`` (or ``max_steps``).
+
+        ``evaluate(model)``, if given, runs after every epoch; its metrics join the history.
+        Returns the history: one dict per logged step and one per evaluation.
+        """
+        config = self.config
+        while self.epoch < config.epochs and not self._done():
+            _seed_epoch(config.seed, self.epoch)
+            self.model.train()
+            batches = tqdm(
+                loader,
+                desc=f"epoch {self.epoch + 1}/{config.epochs}",
+                disable=not self.progress,
+                leave=False,
+            )
+            for batch in batches:
+                row = self.train_step(batch)
+                if self.step % config.log_every == 0 or self._done():
+                    self._log("train", {"epoch": self.epoch + 1, **row})
+                batches.set_postfix(
+                    loss=f"{row['loss']:.3f}",
+                    loc=f"{row['loc']:.3f}",
+                    conf=f"{row['conf']:.3f}",
+                    img_s=f"{row['img_per_s']:.0f}",
+                )
+                if self._done():
+                    break
+            self.epoch += 1
+            if evaluate is not None:
+                self.model.eval()
+                self._log("eval", {"epoch": self.epoch, "step": self.step, **evaluate(self.model)})
+            if self.out_dir is not None:
+                self.save_checkpoint(self.out_dir / "last.pt")
+        return self.history
+
+    def train_step(self, batch: Any) -> dict[str, float]:
+        """One optimisation step on one batch; returns the step's losses and speed."""
+        start = time.perf_counter()
+        images, boxes, labels = batch[0], batch[1], batch[2]
+        images = images.to(self.device, non_blocking=True)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        boxes = [b.to(self.device, non_blocking=True) for b in boxes]
+        labels = [t.to(self.device, non_blocking=True) for t in labels]
+        with torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        ):
+            loc, conf = self.forward(images)
+        advice = "lower the learning rate, add warm-up or gradient clipping, or check the data"
+        try:
+            terms: LossTerms = self.loss_fn(loc, conf, boxes, labels, self.priors)
+        except NonFinitePredictionError as error:
+            raise FloatingPointError(
+                f"non-finite predictions at step {self.step + 1} (epoch {self.epoch + 1}): "
+                f"{error}; {advice}"
+            ) from error
+        loss = terms.total.item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss at step {self.step + 1} (epoch {self.epoch + 1}): "
+                f"total {loss}, localization {terms.localization.item()}, "
+                f"confidence {terms.confidence.item()}; {advice}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms.total).backward()
+        if self.config.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.step += 1
+        return {
+            "step": self.step,
+            "lr": lr,
+            "loss": loss,
+            "loc": terms.localization.item(),
+            "conf": terms.confidence.item(),
+            "positives": terms.num_positives,
+            "img_per_s": len(images) / (time.perf_counter() - start),
+        }
+
+    def save_checkpoint(self, path: Path | str) -> None:
+        """Everything needed to continue exactly: weights, optimiser, schedule, RNG states."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint = {
+            "model": self.model.state_dict(),
+            "model_info": model_info(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_config": dataclasses.asdict(self.config),
+            "rng": _rng_states(),
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(checkpoint, tmp)
+        tmp.replace(path)  # never leave a half-written checkpoint behind
+
+    def load_checkpoint(self, path: Path | str) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` and continue from it."""
+        checkpoint = load_checkpoint(path, self.model, map_location=self.device)
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
+        _set_rng_states(checkpoint["rng"])
+
+    def _done(self) -> bool:
+        return self.config.max_steps is not None and self.step >= self.config.max_steps
+
+    def _log(self, kind: str, row: dict[str, float]) -> None:
+        """Keep a row in the history and append it to ``out_dir/{kind}.csv``."""
+        self.history.append(row)
+        if self.out_dir is None:
+            return
+        path = self.out_dir / f"{kind}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def model_info(model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint records about its model, to refuse loading into another one."""
+    return {
+        "class": type(model).__name__,
+        "anchors": model.config.name,
+        "image_size": model.config.image_size,
+        "num_boxes": model.config.num_boxes,
+        "num_classes": model.num_classes,
+    }
+
+
+def load_checkpoint(
+    path: Path | str, model: nn.Module, map_location: torch.device | str = "cpu"
+) -> dict[str, Any]:
+    """Load a checkpoint's weights into ``model`` and return the whole checkpoint.
+
+    Raises:
+        FileNotFoundError: if there is no file at ``path``.
+        ValueError: if the checkpoint was written for another model (other anchors, input
+            size or number of classes) or is not a checkpoint of this package.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(checkpoint, dict) or "model_info" not in checkpoint:
+        raise ValueError(f"{path} is not an ssd_tutorial checkpoint (no 'model_info')")
+    expected, found = model_info(model), checkpoint["model_info"]
+    if expected != found:
+        differences = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
+        raise ValueError(
+            f"{path} was written for another model: "
+            + ", ".join(
+                f"{k} {a!r} in the checkpoint, {b!r} here" for k, (a, b) in differences.items()
+            )
+        )
+    model.load_state_dict(checkpoint["model"])
+    return checkpoint
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+
+
+def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
+    if amp is None or device.type != "cuda":
+        return None
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _seed_epoch(seed: int, epoch: int) -> None:
+    """Make an epoch's shuffling, worker seeds and augmentation depend on (seed, epoch) only."""
+    epoch_seed = seed * 100_003 + epoch
+    random.seed(epoch_seed)
+    np.random.seed(epoch_seed % 2**32)  # noqa: NPY002 (user transforms may use the global RNG)
+    torch.manual_seed(epoch_seed)
+
+
+def _rng_states() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),  # noqa: NPY002
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])  # noqa: NPY002
+    torch.set_rng_state(states["torch"].cpu())
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+
+
+def loss_curve(history: list[dict[str, float]]) -> dict[str, Tensor]:
+    """The logged training losses as tensors keyed by name (for plots)."""
+    rows = [r for r in history if "loss" in r]
+    return {k: torch.tensor([r[k] for r in rows]) for k in ("step", "loss", "loc", "conf")}

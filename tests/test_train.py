@@ -1,0 +1,132 @@
+import csv
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from ssd_tutorial.data.shapes import CLASS_NAMES, SyntheticShapes
+from ssd_tutorial.data.transforms import collate, eval_transforms, train_transforms
+from ssd_tutorial.model import build_ssd
+from ssd_tutorial.train import (
+    PRESETS,
+    TrainConfig,
+    Trainer,
+    learning_rate_factor,
+    load_checkpoint,
+)
+
+NUM_CLASSES = len(CLASS_NAMES)
+
+
+def loader(length: int, batch_size: int, augment: bool = True, shuffle: bool = True):
+    transforms = train_transforms(128) if augment else eval_transforms(128)
+    data = SyntheticShapes(length=length, image_size=128, seed=7, transforms=transforms)
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=collate)
+
+
+def tiny_trainer(config: TrainConfig, **kwargs) -> Trainer:
+    torch.manual_seed(0)
+    return Trainer(
+        build_ssd("ssd_tiny", NUM_CLASSES), config, device="cpu", progress=False, **kwargs
+    )
+
+
+def test_learning_rate_warm_up_and_steps_by_hand():
+    config = TrainConfig(lr=0.1, warmup_steps=10, warmup_factor=0.0, milestones=(20, 30))
+    assert learning_rate_factor(0, config) == 0.0
+    assert learning_rate_factor(5, config) == pytest.approx(0.5)
+    assert learning_rate_factor(10, config) == 1.0
+    assert learning_rate_factor(20, config) == pytest.approx(0.1)
+    assert learning_rate_factor(35, config) == pytest.approx(0.01)
+
+
+def test_presets_are_valid_configs():
+    for preset in PRESETS.values():
+        TrainConfig(**preset)
+
+
+@pytest.mark.slow
+def test_a_few_steps_overfit_a_fixed_batch():
+    batch = next(iter(loader(4, 4, augment=False, shuffle=False)))
+    trainer = tiny_trainer(TrainConfig(optimizer="adamw", lr=3e-3))
+    losses = [trainer.train_step(batch)["loss"] for _ in range(40)]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path):
+    config = TrainConfig(epochs=2, lr=1e-3, log_every=1, warmup_steps=3)
+    data = loader(12, 4)  # three batches an epoch, shuffled and augmented
+    straight = tiny_trainer(config)
+    straight.fit(data)
+
+    first = tiny_trainer(TrainConfig(**{**config.__dict__, "epochs": 1}), out_dir=tmp_path)
+    first.fit(data)
+    resumed = tiny_trainer(config)
+    resumed.load_checkpoint(tmp_path / "last.pt")
+    assert (resumed.epoch, resumed.step) == (1, 3)
+    resumed.fit(data)
+    assert [r["loss"] for r in first.history + resumed.history] == [
+        r["loss"] for r in straight.history
+    ]
+    torch.testing.assert_close(
+        resumed.model.state_dict(), straight.model.state_dict(), rtol=0, atol=0
+    )
+
+
+@pytest.mark.slow
+def test_max_steps_stops_mid_epoch_and_odd_batch_sizes_work(tmp_path):
+    trainer = tiny_trainer(TrainConfig(epochs=5, max_steps=4, log_every=1), out_dir=tmp_path)
+    history = trainer.fit(loader(5, 3))  # batches of 3 and 2
+    assert trainer.step == 4 and trainer.epoch == 2
+    assert [r["step"] for r in history] == [1, 2, 3, 4]
+    with (tmp_path / "train.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert {"loss", "loc", "conf", "lr", "img_per_s"} <= set(rows[0])
+    assert all(math.isfinite(float(r["loss"])) for r in rows)
+
+
+@pytest.mark.slow
+def test_evaluation_metrics_join_the_history(tmp_path):
+    trainer = tiny_trainer(TrainConfig(epochs=1, log_every=1), out_dir=tmp_path)
+    history = trainer.fit(loader(4, 4), evaluate=lambda model: {"map": 0.25})
+    assert history[-1] == {"epoch": 1, "step": 1, "map": 0.25}
+    assert (tmp_path / "eval.csv").read_text().splitlines()[1] == "1,1,0.25"
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_with_a_message_naming_the_step():
+    trainer = tiny_trainer(TrainConfig(lr=1e8, momentum=0.0))
+    batch = next(iter(loader(4, 4, augment=False)))
+    with pytest.raises(FloatingPointError, match=r"non-finite (loss|predictions) at step \d+"):
+        for _ in range(20):
+            trainer.train_step(batch)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    tiny_trainer(TrainConfig()).save_checkpoint(tmp_path / "tiny.pt")
+    other = build_ssd("ssd_tiny", NUM_CLASSES + 1)
+    with pytest.raises(ValueError, match=r"another model: num_classes 9 in the checkpoint, 10"):
+        load_checkpoint(tmp_path / "tiny.pt", other)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt", other)
+    torch.save({"weights": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not an ssd_tutorial checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt", other)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"lr": 0}, "lr"),
+        ({"amp": "fp8"}, "amp"),
+        ({"optimizer": "lion"}, "optimizer"),
+        ({"milestones": (10, 5)}, "milestones"),
+    ],
+)
+def test_bad_configs_are_rejected(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes)
