@@ -177,6 +177,17 @@ def default_boxes(
     return boxes.to(dtype=dtype, device=device)
 
 
+def feature_map_index(config: AnchorConfig, device: torch.device | str = "cpu") -> Tensor:
+    """The feature map of each default box: ``Tensor[P]`` (int64), 0 for the first map.
+
+    The maps hold ``f_k * f_k * boxes_per_cell[k]`` consecutive default boxes each, in the order
+    of :func:`default_boxes`.
+    """
+    per_map = [f * f * k for f, k in zip(config.feature_maps, config.boxes_per_cell)]
+    maps = torch.arange(len(per_map), device=device)
+    return torch.repeat_interleave(maps, torch.tensor(per_map, device=device))
+
+
 def box_shapes(config: AnchorConfig) -> list[Tensor]:
     """Relative ``(w, h)`` of the boxes of one cell, per map: a list of ``Tensor[k, 2]``."""
     shapes = []

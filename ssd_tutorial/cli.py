@@ -1,40 +1,335 @@
-"""The ``ssd-tutorial`` command line. Run ``ssd-tutorial --help`` for the commands."""
+"""The ``ssd-tutorial`` command line. Run ``ssd-tutorial --help`` for the commands.
+
+* ``train``: train a model on synthetic shapes, a VOC year or a COCO-format folder.
+* ``evaluate``: a checkpoint's VOC mAP and per-class AP on a dataset split.
+* ``detect``: boxes for image files, drawn on the images and written to a JSON file.
+* ``anchors``: the default-box table of a configuration.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ssd_tutorial import anchors
+
+#: Default splits of each dataset kind: (train, evaluation).
+DEFAULT_SPLITS = {
+    "synthetic": ("train", "val"),
+    "voc": ("trainval", "test"),
+    "coco": ("train2017", "val2017"),
+}
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from ssd_tutorial.data.transforms import train_transforms
+    from ssd_tutorial.evaluate import evaluate_model
+    from ssd_tutorial.model import build_ssd
+    from ssd_tutorial.train import PRESETS, TrainConfig, Trainer
+
+    settings = dict(PRESETS[args.preset]) if args.preset else {}
+    given = {
+        "epochs": args.epochs,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "warmup_steps": args.warmup_steps,
+        "milestones": tuple(args.milestones) if args.milestones else None,
+        "max_steps": args.max_steps,
+        "grad_clip": args.grad_clip,
+        "seed": args.seed,
+    }
+    settings.update({k: v for k, v in given.items() if v is not None})
+    config = TrainConfig(
+        **settings,
+        amp=None if args.amp == "none" else args.amp,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        log_every=args.log_every,
+    )
+    torch.manual_seed(args.seed)
+    size = _model_image_size(args.model)
+    train_split, _ = _splits(args)
+    train_data = _open(args, train_split, train_transforms(size), args.train_size, size)
+    class_names = train_data.class_names
+    model = build_ssd(args.model, len(class_names), pretrained_base=args.pretrained_base)
+    trainer = Trainer(
+        model,
+        config,
+        device=args.device,
+        out_dir=args.out,
+        progress=not args.quiet,
+        class_names=class_names,
+    )
+    if args.resume:
+        trainer.load_checkpoint(args.resume)
+        print(f"resumed from {args.resume} at epoch {trainer.epoch}, step {trainer.step}")
+    evaluate = None
+    if not args.no_eval:
+        val_loader = _eval_loader(args, size, trainer.device)
+        evaluate = lambda m: evaluate_model(  # noqa: E731
+            m, val_loader, class_names=class_names, progress=not args.quiet
+        )
+    history = trainer.fit(_loader(train_data, args, trainer.device, shuffle=True), evaluate)
+    last = [row for row in history if "map" in row]
+    if last:
+        print(f"mAP@0.5 (VOC07 11-point) after epoch {last[-1]['epoch']}: {last[-1]['map']:.4f}")
+    print(f"checkpoint and logs in {args.out}")
+    return 0
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    from ssd_tutorial.evaluate import evaluate_model
+    from ssd_tutorial.train import load_model
+
+    model, class_names = load_model(args.checkpoint, map_location=args.device or "cpu")
+    loader = _eval_loader(args, model.config.image_size, next(model.parameters()).device)
+    class_names = class_names or loader.dataset.class_names
+    metrics = evaluate_model(model, loader, class_names=class_names, progress=not args.quiet)
+    rows = [
+        {"class": name.removeprefix("ap/"), "AP@0.5": value}
+        for name, value in metrics.items()
+        if name.startswith("ap/")
+    ]
+    rows += [
+        {"class": "mAP (VOC07 11-point)", "AP@0.5": metrics["map"]},
+        {"class": "mAP (area)", "AP@0.5": metrics["map_area"]},
+    ]
+    _print_table(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
+        print(f"metrics written to {args.json}")
+    return 0
+
+
+def _detect_command(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no window
+    import matplotlib.pyplot as plt
+
+    from ssd_tutorial.detector import Detector
+    from ssd_tutorial.viz import draw_detections
+
+    model, class_names = _detection_model(args)
+    detector = Detector(model, class_names, device=args.device, conf_threshold=args.threshold)
+    missing = [str(path) for path in args.images if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no image file at {', '.join(missing)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {}
+    for path in args.images:
+        result = detector(path)
+        report[str(path)] = {"image_size": list(result.image_size), "detections": result.to_dicts()}
+        height, width = result.image_size
+        figure, ax = plt.subplots(figsize=(width / 100, height / 100), dpi=100)
+        draw_detections(ax, _read_rgb(path), result)
+        figure.subplots_adjust(0, 0, 1, 1)
+        figure.savefig(args.out / f"{path.stem}.png")
+        plt.close(figure)
+        print(f"{path}: {len(result.scores)} detections -> {args.out / path.stem}.png")
+    (args.out / "detections.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"boxes (pixels, x1 y1 x2 y2) in {args.out / 'detections.json'}")
+    return 0
+
+
+def _detection_model(args: argparse.Namespace):
+    """The model and class names of ``--checkpoint`` or ``--torchvision-coco``."""
+    if args.torchvision_coco:
+        from torchvision.models.detection import SSD300_VGG16_Weights
+
+        from ssd_tutorial.model import load_torchvision_coco
+
+        return load_torchvision_coco(), SSD300_VGG16_Weights.COCO_V1.meta["categories"]
+    from ssd_tutorial.train import load_model
+
+    model, class_names = load_model(args.checkpoint)
+    # a checkpoint of a run without class names: call the classes by their labels
+    return model, class_names or [f"class {label}" for label in range(model.num_classes)]
+
+
+def _read_rgb(path: Path):
+    from torchvision.io import ImageReadMode, decode_image
+
+    return decode_image(str(path), mode=ImageReadMode.RGB)
 
 
 def _anchors_command(args: argparse.Namespace) -> int:
     config = anchors.CONFIGS[args.config]
-    rows = anchors.anchor_table(config)
-    headers = list(rows[0])
-    cells = [[_format(row[h]) for h in headers] for row in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     print(
         f"{config.name}: {config.image_size}x{config.image_size} input, "
         f"{config.num_boxes} default boxes"
     )
+    _print_table(anchors.anchor_table(config))
+    return 0
+
+
+def _print_table(rows: list[dict[str, object]]) -> None:
+    headers = list(rows[0])
+    cells = [[_format(row[h]) for h in headers] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
     for c in cells:
         print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
-    return 0
 
 
 def _format(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _model_image_size(name: str) -> int:
+    from ssd_tutorial.model import ARCHITECTURES
+
+    return ARCHITECTURES[name][1].image_size
+
+
+def _splits(args: argparse.Namespace) -> tuple[str, str]:
+    train, evaluation = DEFAULT_SPLITS[args.data]
+    return (
+        getattr(args, "train_split", None) or train,
+        getattr(args, "split", None) or evaluation,
+    )
+
+
+def _open(args: argparse.Namespace, split: str, transforms, length: int, size: int):
+    """A dataset split; synthetic images are drawn at the network's input size ``size``."""
+    from ssd_tutorial.data.catalog import open_dataset
+
+    return open_dataset(
+        args.data,
+        split,
+        root=args.root,
+        transforms=transforms,
+        length=length,
+        image_size=size,
+        seed=args.seed,
+        skip_invalid=args.skip_invalid,
+    )
+
+
+def _eval_loader(args: argparse.Namespace, size: int, device):
+    from ssd_tutorial.data.transforms import eval_transforms
+
+    _, split = _splits(args)
+    return _loader(_open(args, split, eval_transforms(size), args.val_size, size), args, device)
+
+
+def _loader(dataset, args: argparse.Namespace, device, shuffle: bool = False):
+    from torch.utils.data import DataLoader
+
+    from ssd_tutorial.data.transforms import collate
+
+    return DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=shuffle,
+        collate_fn=collate,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,
+    )
+
+
+def _add_data_arguments(p: argparse.ArgumentParser, train: bool) -> None:
+    p.add_argument(
+        "--data",
+        choices=sorted(DEFAULT_SPLITS),
+        default="synthetic",
+        help="dataset kind (default: synthetic shapes, generated on the fly)",
+    )
+    p.add_argument(
+        "--root",
+        type=Path,
+        help="dataset folder: a VOC year directory (VOCdevkit/VOC2007) or a COCO folder with "
+        "SPLIT/ images and annotations/instances_SPLIT.json",
+    )
+    if train:
+        p.add_argument(
+            "--train-split", help="training split (default: train, trainval or train2017)"
+        )
+        p.add_argument("--train-size", type=int, default=4000, help="synthetic training images")
+    p.add_argument(
+        "--split" if not train else "--val-split",
+        dest="split",
+        help="evaluation split (default: val, test or val2017)",
+    )
+    p.add_argument("--val-size", type=int, default=500, help="synthetic evaluation images")
+    p.add_argument("--skip-invalid", action="store_true", help="warn about and skip bad images")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
+    p.add_argument("--workers", type=int, default=2, help="data loading processes (default: 2)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data order and augmentation")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
+    from ssd_tutorial.model import ARCHITECTURES
+    from ssd_tutorial.train import PRESETS
+
     parser = argparse.ArgumentParser(
         prog="ssd-tutorial", description="Train, evaluate and run SSD detectors."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser(
+        "train",
+        help="train an SSD",
+        description="Train an SSD; writes train.csv, eval.csv and last.pt to --out.",
+    )
+    p.add_argument("--model", choices=sorted(ARCHITECTURES), default="ssd_tiny")
+    _add_data_arguments(p, train=True)
+    p.add_argument("--out", type=Path, default=Path("runs/ssd"), help="output directory")
+    p.add_argument("--resume", type=Path, help="continue from this checkpoint (last.pt)")
+    p.add_argument("--epochs", type=int, help="passes over the training data (default: 10)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a reference LR schedule")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), help="default: sgd")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3)")
+    p.add_argument("--warmup-steps", type=int, help="linear warm-up steps")
+    p.add_argument("--milestones", type=int, nargs="+", help="steps where the LR drops 10x")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps")
+    p.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
+    p.add_argument(
+        "--amp", choices=("bf16", "fp16", "none"), default="bf16", help="mixed precision (CUDA)"
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--pretrained-base", action="store_true", help="ImageNet VGG-16 weights")
+    p.add_argument("--log-every", type=int, default=10, help="steps between CSV rows")
+    p.add_argument("--no-eval", action="store_true", help="no evaluation after each epoch")
+    p.set_defaults(run=_train_command)
+
+    p = commands.add_parser("evaluate", help="VOC mAP of a checkpoint on a dataset split")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint written by train (last.pt)")
+    _add_data_arguments(p, train=False)
+    p.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
+    p.set_defaults(run=_evaluate_command)
+
+    p = commands.add_parser(
+        "detect",
+        help="detect objects in image files",
+        description="Draw the detections on each image (OUT/NAME.png) and write every box, in "
+        "pixels of the original image, to OUT/detections.json.",
+    )
+    p.add_argument("images", type=Path, nargs="+", help="image files (JPEG, PNG, ...)")
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", type=Path, help="a checkpoint written by train")
+    weights.add_argument(
+        "--torchvision-coco",
+        action="store_true",
+        help="torchvision's COCO-trained SSD300 weights (downloads 136 MB)",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/detect"), help="output directory")
+    p.add_argument(
+        "--threshold", type=float, default=0.3, help="minimum score to report (default: 0.3)"
+    )
+    p.add_argument("--device", help="cpu, cuda, mps (default: where the model loads)")
+    p.set_defaults(run=_detect_command)
+
     p = commands.add_parser("anchors", help="print the default-box table of a config")
     p.add_argument(
         "--config",
@@ -48,8 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ssd-tutorial`` console script."""
-    args = build_parser().parse_args(argv)
-    return args.run(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ssd_tutorial.backbones import WeightsUnavailableError
+
+    try:
+        return args.run(args)
+    except (FileNotFoundError, ValueError, FloatingPointError, WeightsUnavailableError) as error:
+        parser.exit(1, f"ssd-tutorial {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

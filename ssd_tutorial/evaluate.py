@@ -51,15 +51,18 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from ssd_tutorial.anchors import default_boxes
 from ssd_tutorial.boxes import box_area, check_boxes, pairwise_iou
+from ssd_tutorial.postprocess import Detections, detect
 
 Interpolation = Literal["voc07", "voc2010", "coco101"]
 Matching = Literal["voc", "coco"]
@@ -84,6 +87,9 @@ COCO_AREA_RANGES: dict[str, tuple[float, float]] = {
 COCO_STAT_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
 )  # fmt: skip
+
+#: Per-object flags of the targets that mark ground truth to ignore.
+IGNORE_FLAGS: tuple[str, ...] = ("difficult", "iscrowd")
 
 # Upper bound on the elements of one padded [groups, detections, objects] IoU block (float64).
 _BLOCK_ELEMENTS = 2**18
@@ -333,6 +339,72 @@ def run_cocoeval(
     return evaluator
 
 
+@torch.inference_mode()
+def predict(
+    model: torch.nn.Module,
+    loader: Iterable,
+    *,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    **detect_options: Any,
+) -> tuple[list[Detections], list[dict[str, Tensor]]]:
+    """Run an SSD over a data loader and keep what evaluation needs, on the CPU.
+
+    Args:
+        model: an SSD (``forward`` gives ``loc``, ``conf``; has ``config``).
+        loader: batches of :class:`ssd_tutorial.data.transforms.Batch` (``eval_transforms``
+            and ``collate``).
+        device: where to run (default: the model's device).
+        detect_options: passed to :func:`ssd_tutorial.postprocess.detect` (thresholds, top-k).
+
+    Returns:
+        ``(detections, targets)``, one entry per image: the post-processed detections and the
+        ground truth (``boxes``, ``labels`` and ``difficult``/``iscrowd`` when the data has
+        them), both with boxes relative to the image.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    priors = default_boxes(model.config, device=device)
+    model.eval()
+    detections: list[Detections] = []
+    targets: list[dict[str, Tensor]] = []
+    for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
+        loc, conf = model(batch.images.to(device))
+        for found in detect(loc.float(), conf.float(), priors, **detect_options):
+            detections.append(Detections(*(t.cpu() for t in found)))
+        for i, (boxes, labels) in enumerate(zip(batch.boxes, batch.labels)):
+            target = {"boxes": boxes, "labels": labels}
+            target.update({k: batch.extra[k][i] for k in IGNORE_FLAGS if k in batch.extra})
+            targets.append(target)
+    return detections, targets
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    loader: Iterable,
+    *,
+    class_names: Sequence[str] | None = None,
+    device: torch.device | str | None = None,
+    iou_threshold: float = 0.5,
+    progress: bool = True,
+    **detect_options: Any,
+) -> dict[str, float]:
+    """VOC mAP of a model on a data loader (see :func:`predict`), as a flat dict for logs.
+
+    Returns:
+        ``map`` (VOC07 11-point), ``map_area`` (all-point area, VOC2010 on) and ``ap/NAME``
+        per class (11-point) for the classes that have objects; ``NAME`` is the class name, or
+        its label when ``class_names`` (background first) is not given.
+    """
+    detections, targets = predict(model, loader, device=device, progress=progress, **detect_options)
+    options = {"iou_threshold": iou_threshold, "num_classes": model.num_classes}
+    voc07 = voc_map(detections, targets, interpolation="voc07", **options)
+    area = voc_map(detections, targets, interpolation="voc2010", **options)
+    metrics = {"map": voc07.map, "map_area": area.map}
+    for label, ap in sorted(voc07.ap_per_class.items()):
+        metrics[f"ap/{class_names[label] if class_names else label}"] = ap
+    return metrics
+
+
 # --- inputs -----------------------------------------------------------------------------------
 
 
@@ -433,13 +505,13 @@ def _read_targets(record: Any, name: str) -> tuple[Tensor, Tensor, Tensor]:
     boxes = _as_boxes(_field(record, "boxes", name), f"{name}.boxes")
     labels = _as_vector(_field(record, "labels", name), f"{name}.labels", torch.int64)
     flags = {"boxes": boxes, "labels": labels}
-    for key in ("difficult", "iscrowd"):
+    for key in IGNORE_FLAGS:
         value = _field(record, key, name, required=False)
         if value is not None:
             flags[key] = _as_vector(value, f"{name}.{key}", torch.bool)
     _check_lengths(name, **flags)
     ignore_region = torch.zeros(len(boxes), dtype=torch.bool)
-    for key in ("difficult", "iscrowd"):
+    for key in IGNORE_FLAGS:
         if key in flags:
             ignore_region |= flags[key]
     return boxes, labels, ignore_region

@@ -99,6 +99,8 @@ class SSD(nn.Module):
 
     Attributes:
         config, num_classes, image_mean, image_std: as given.
+        architecture: the :func:`build_ssd` name of the model (``None`` if built otherwise);
+            checkpoints record it to rebuild the model.
         base, head: the two parts (:class:`MultiBoxHead`).
     """
 
@@ -124,6 +126,7 @@ class SSD(nn.Module):
         self.num_classes = num_classes
         self.image_mean = tuple(image_mean)
         self.image_std = tuple(image_std)
+        self.architecture: str | None = None
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Predict offsets and class logits for every default box.
@@ -187,6 +190,7 @@ def build_ssd(name: str, num_classes: int, pretrained_base: bool = False) -> SSD
         raise ValueError(f"name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
     make_base, config = ARCHITECTURES[name]
     model = SSD(make_base(), config, num_classes)
+    model.architecture = name
     if pretrained_base:
         if name == "ssd_tiny":
             raise ValueError("pretrained_base needs a VGG-16 model, ssd_tiny has its own base")

@@ -17,8 +17,8 @@ import dataclasses
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ssd_tutorial.anchors import default_boxes
 from ssd_tutorial.loss import LossTerms, MultiBoxLoss, NonFinitePredictionError
+from ssd_tutorial.model import ARCHITECTURES, SSD, build_ssd
 
 
 @dataclass
@@ -70,7 +71,6 @@ class TrainConfig:
     channels_last: bool = False
     seed: int = 0
     log_every: int = 10
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -118,8 +118,10 @@ class Trainer:
         device: where to train (default: CUDA if available, else CPU).
         loss_fn: defaults to :class:`~ssd_tutorial.loss.MultiBoxLoss` with the paper's settings.
         out_dir: where ``train.csv``, ``eval.csv`` and ``last.pt`` go (``None``: nothing is
-            written).
+            written); with tensorboard installed, the same metrics go to ``out_dir/tensorboard``.
         progress: show tqdm progress bars.
+        class_names: names of the classes, background first; saved in checkpoints so that
+            :func:`load_model` gives a ready-to-use detector.
     """
 
     def __init__(
@@ -130,7 +132,14 @@ class Trainer:
         loss_fn: nn.Module | None = None,
         out_dir: Path | str | None = None,
         progress: bool = True,
+        class_names: Sequence[str] | None = None,
     ) -> None:
+        if class_names is not None and len(class_names) != model.num_classes:
+            raise ValueError(
+                f"class_names has {len(class_names)} names (background included) but the model "
+                f"has {model.num_classes} classes"
+            )
+        self.class_names = tuple(class_names) if class_names is not None else None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.config = config
         self.model = model.to(self.device)
@@ -148,6 +157,7 @@ class Trainer:
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.tensorboard = _tensorboard_writer(self.out_dir)
         self.progress = progress
         self.epoch = 0
         self.step = 0
@@ -250,6 +260,8 @@ class Trainer:
         checkpoint = {
             "model": self.model.state_dict(),
             "model_info": model_info(self.model),
+            "class_names": self.class_names,
+            "image_normalization": (self.model.image_mean, self.model.image_std),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -275,10 +287,15 @@ class Trainer:
         return self.config.max_steps is not None and self.step >= self.config.max_steps
 
     def _log(self, kind: str, row: dict[str, float]) -> None:
-        """Keep a row in the history and append it to ``out_dir/{kind}.csv``."""
+        """Keep a row in the history, append it to ``out_dir/{kind}.csv`` and to TensorBoard."""
         self.history.append(row)
         if self.out_dir is None:
             return
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key not in ("epoch", "step"):
+                    self.tensorboard.add_scalar(f"{kind}/{key}", value, row["step"])
+            self.tensorboard.flush()
         path = self.out_dir / f"{kind}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.exists()
@@ -293,6 +310,7 @@ def model_info(model: nn.Module) -> dict[str, Any]:
     """What a checkpoint records about its model, to refuse loading into another one."""
     return {
         "class": type(model).__name__,
+        "architecture": getattr(model, "architecture", None),
         "anchors": model.config.name,
         "image_size": model.config.image_size,
         "num_boxes": model.config.num_boxes,
@@ -310,12 +328,7 @@ def load_checkpoint(
         ValueError: if the checkpoint was written for another model (other anchors, input
             size or number of classes) or is not a checkpoint of this package.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(checkpoint, dict) or "model_info" not in checkpoint:
-        raise ValueError(f"{path} is not an ssd_tutorial checkpoint (no 'model_info')")
+    checkpoint = _read_checkpoint(path, map_location)
     expected, found = model_info(model), checkpoint["model_info"]
     if expected != found:
         differences = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
@@ -327,6 +340,58 @@ def load_checkpoint(
         )
     model.load_state_dict(checkpoint["model"])
     return checkpoint
+
+
+def load_model(
+    path: Path | str, map_location: torch.device | str = "cpu"
+) -> tuple[SSD, tuple[str, ...] | None]:
+    """The model a checkpoint was trained as, with its weights: for evaluation and detection.
+
+    Returns:
+        ``(model, class_names)``: the model in eval mode on ``map_location``, and the class
+        names saved with the checkpoint (background first), or ``None`` if the run had none.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_checkpoint`, and if the checkpoint's model
+        was not built by :func:`ssd_tutorial.model.build_ssd` (build it yourself, then use
+        :func:`load_checkpoint`).
+    """
+    checkpoint = _read_checkpoint(path, map_location)
+    info = checkpoint["model_info"]
+    if info.get("architecture") not in ARCHITECTURES:
+        raise ValueError(
+            f"{path} holds a {info.get('class')} that build_ssd cannot rebuild (architecture "
+            f"{info.get('architecture')!r}): build the model yourself and use load_checkpoint"
+        )
+    model = build_ssd(info["architecture"], info["num_classes"])
+    model.image_mean, model.image_std = checkpoint["image_normalization"]
+    model.load_state_dict(checkpoint["model"])
+    class_names = checkpoint.get("class_names")
+    return model.to(map_location).eval(), tuple(class_names) if class_names else None
+
+
+def _read_checkpoint(path: Path | str, map_location: torch.device | str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # pickle, zip and torch errors alike: the file is unusable
+        raise ValueError(f"{path} is not a readable checkpoint: {error}") from error
+    if not isinstance(checkpoint, dict) or "model_info" not in checkpoint:
+        raise ValueError(f"{path} is not an ssd_tutorial checkpoint (no 'model_info')")
+    return checkpoint
+
+
+def _tensorboard_writer(out_dir: Path | None) -> Any:
+    """A TensorBoard ``SummaryWriter`` on ``out_dir/tensorboard`` if tensorboard is installed."""
+    if out_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: the CSV files hold the same numbers
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

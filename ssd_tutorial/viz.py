@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import PIL.Image
 import torch
 from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
@@ -81,3 +83,42 @@ def draw_boxes(
                 va="bottom",
                 bbox={"facecolor": color, "edgecolor": "none", "pad": 1.5, "alpha": 0.85},
             )
+
+
+def draw_detections(
+    ax: Axes | None,
+    image: np.ndarray | Tensor | PIL.Image.Image,
+    result: Any,
+    class_names: Sequence[str] | None = None,
+    linewidth: float = 2.0,
+    title: str | None = None,
+) -> Axes:
+    """Show ``image`` with the detections of ``result``, labelled ``"name 0.87"``.
+
+    Args:
+        ax: where to draw; ``None`` makes a new figure.
+        image: numpy ``[H, W, 3]``, tensor ``[3, H, W]`` or PIL image.
+        result: boxes ``[N, 4]`` in the image's pixels, ``scores``, ``labels`` and optionally
+            ``names`` (a :class:`ssd_tutorial.detector.DetectionResult`).
+        class_names: names by label, used when ``result`` has no ``names`` (labels are shown
+            otherwise).
+
+    Returns:
+        The axes. Each class keeps one colour from :data:`PALETTE`.
+    """
+    if isinstance(image, PIL.Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    ax = show_image(image, ax, title)
+    labels = torch.as_tensor(result.labels).tolist()
+    names = getattr(result, "names", None) or [
+        class_names[label] if class_names is not None else str(label) for label in labels
+    ]
+    scores = torch.as_tensor(result.scores).tolist()
+    draw_boxes(
+        ax,
+        result.boxes,
+        labels=[f"{name} {score:.2f}" for name, score in zip(names, scores)],
+        colors=[PALETTE[(label - 1) % len(PALETTE)] for label in labels],
+        linewidth=linewidth,
+    )
+    return ax

@@ -158,3 +158,14 @@ def test_ssd_tiny_config():
     assert config.boxes_per_cell == (4, 6, 6, 4, 4)
     assert config.num_boxes == A.default_boxes(config).shape[0] == 1524
     assert config.scales == pytest.approx((0.1, 0.2, 0.375, 0.55, 0.725, 0.9))
+
+
+def test_feature_map_index_follows_the_default_box_order():
+    index = A.feature_map_index(A.SSD300)
+    assert index.shape == (8732,) and index.dtype == torch.int64
+    assert torch.bincount(index).tolist() == [5776, 2166, 600, 150, 36, 4]
+    assert index[0] == 0 and index[-1] == 5
+    # sizes grow from map to map: the first box of each map is that map's s_k square
+    first = torch.cat((torch.tensor([0]), torch.bincount(index).cumsum(0)[:-1]))
+    priors = A.default_boxes(A.SSD300)
+    assert torch.equal(priors[first, 2], torch.tensor(A.SSD300.min_sizes) / 300)

@@ -1,15 +1,20 @@
+import json
 import subprocess
 import sys
 
 import pytest
+from PIL import Image
+
+from ssd_tutorial.data.shapes import CLASS_NAMES, SyntheticShapes
+from ssd_tutorial.photos import chelsea
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "ssd_tutorial.cli", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
 
 
@@ -26,8 +31,80 @@ def test_unknown_config_is_a_clear_error():
     assert "invalid choice" in result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["anchors"]])
+@pytest.mark.parametrize("command", [[], ["anchors"], ["train"], ["evaluate"], ["detect"]])
 def test_help(command):
     result = run_cli(*command, "--help")
     assert result.returncode == 0
     assert "usage: ssd-tutorial" in result.stdout
+
+
+SMALL_RUN = ("--data", "synthetic", "--batch-size", "4", "--workers", "0", "--quiet")
+TRAIN_RUN = (*SMALL_RUN, "--log-every", "1", "--train-size", "8", "--val-size", "8")
+
+
+@pytest.mark.slow
+def test_train_resume_and_evaluate_a_tiny_model(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", *TRAIN_RUN, "--epochs", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "mAP@0.5" in result.stdout
+    assert (out / "last.pt").is_file() and (out / "train.csv").is_file()
+    assert (out / "eval.csv").read_text().startswith("epoch,step,map,map_area")
+
+    result = run_cli(
+        "train", *TRAIN_RUN, "--epochs", "2", "--out", str(out),
+        "--resume", str(out / "last.pt"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stdout and "at epoch 1, step 2" in result.stdout
+    assert len((out / "eval.csv").read_text().splitlines()) == 3  # header + two epochs
+
+    metrics = tmp_path / "metrics.json"
+    result = run_cli(
+        "evaluate", str(out / "last.pt"), *SMALL_RUN, "--val-size", "8", "--json", str(metrics)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "mAP (VOC07 11-point)" in result.stdout
+    assert 0 <= json.loads(metrics.read_text())["map"] <= 1
+
+    image = tmp_path / "shapes.png"
+    Image.fromarray(SyntheticShapes(1, image_size=(90, 150))[0][0].permute(1, 2, 0).numpy()).save(
+        image
+    )
+    detected = tmp_path / "detected"
+    result = run_cli(
+        "detect", str(image), "--checkpoint", str(out / "last.pt"), "--out", str(detected),
+        "--threshold", "0.01",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((detected / "detections.json").read_text())[str(image)]
+    assert report["image_size"] == [90, 150]
+    assert report["detections"], "an untrained model passes a 0.01 threshold everywhere"
+    for found in report["detections"]:
+        assert found["name"] in CLASS_NAMES and found["score"] >= 0.01
+        x1, y1, x2, y2 = found["box"]
+        assert -150 < x1 < x2 < 300 and -90 < y1 < y2 < 180  # pixels, not relative
+    assert Image.open(detected / "shapes.png").size == (150, 90)
+
+
+def test_detect_with_torchvision_weights_downloads_them_or_says_why_not(tmp_path):
+    image = tmp_path / "cat.png"
+    Image.fromarray(chelsea().image).save(image)
+    result = run_cli("detect", str(image), "--torchvision-coco", "--out", str(tmp_path / "out"))
+    if result.returncode == 0:  # online: real COCO detections of the cat
+        report = json.loads((tmp_path / "out" / "detections.json").read_text())[str(image)]
+        assert "cat" in [found["name"] for found in report["detections"]]
+    else:
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert "could not download" in result.stderr
+
+
+def test_missing_files_are_clear_errors(tmp_path):
+    result = run_cli("evaluate", str(tmp_path / "none.pt"))
+    assert result.returncode == 1
+    assert "no checkpoint at" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("train", "--data", "voc", "--root", str(tmp_path / "VOC2007"))
+    assert result.returncode == 1
+    assert "is not a directory" in result.stderr
+    result = run_cli("detect", str(tmp_path / "none.jpg"), "--checkpoint", str(tmp_path / "x.pt"))
+    assert result.returncode == 1 and "no checkpoint at" in result.stderr

@@ -1,5 +1,7 @@
 import csv
 import math
+import sys
+import types
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from ssd_tutorial.train import (
     Trainer,
     learning_rate_factor,
     load_checkpoint,
+    load_model,
 )
 
 NUM_CLASSES = len(CLASS_NAMES)
@@ -130,3 +133,51 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 def test_bad_configs_are_rejected(changes, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**changes)
+
+
+def test_load_model_rebuilds_the_trained_model_with_its_class_names(tmp_path):
+    trainer = tiny_trainer(TrainConfig(), class_names=CLASS_NAMES)
+    trainer.model.image_mean = (0.5, 0.5, 0.5)
+    trainer.save_checkpoint(tmp_path / "last.pt")
+    model, class_names = load_model(tmp_path / "last.pt")
+    assert class_names == CLASS_NAMES
+    assert model.architecture == "ssd_tiny" and not model.training
+    assert model.image_mean == (0.5, 0.5, 0.5)
+    torch.testing.assert_close(model.state_dict(), trainer.model.state_dict(), rtol=0, atol=0)
+
+
+def test_load_model_refuses_what_it_cannot_rebuild(tmp_path):
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_model(tmp_path / "garbage.pt")
+    trainer = tiny_trainer(TrainConfig())
+    trainer.model.architecture = None  # a model put together by hand
+    trainer.save_checkpoint(tmp_path / "custom.pt")
+    with pytest.raises(ValueError, match="build_ssd cannot rebuild"):
+        load_model(tmp_path / "custom.pt")
+
+
+def test_class_names_must_match_the_model():
+    with pytest.raises(ValueError, match="class_names has 2 names"):
+        tiny_trainer(TrainConfig(), class_names=("background", "circle"))
+
+
+def test_metrics_go_to_tensorboard_when_it_is_installed(tmp_path, monkeypatch):
+    scalars = []
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            assert log_dir == str(tmp_path / "tensorboard")
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    trainer = tiny_trainer(TrainConfig(log_every=1), out_dir=tmp_path)
+    trainer._log("eval", {"epoch": 1, "step": 7, "map": 0.5})
+    assert scalars == [("eval/map", 0.5, 7)]
