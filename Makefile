@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed
 # Quick mode keeps every chapter small enough for 2 CPU cores; QUICK=0 runs full sizes.
 QUICK ?= 1
 BUILD_BOOK := $(VENV)/bin/jupyter-book build . --toc book/_toc.yml --config _config.yml -W --keep-going
+# The model the chapters train once and share (ssd_tutorial.zoo), kept with the build.
+export SSD_TUTORIAL_CACHE := $(CURDIR)/_build/cache
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: book test lint unit notebooks browser-deps venv clean

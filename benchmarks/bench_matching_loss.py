@@ -22,10 +22,8 @@ whole loss, matching included, on both sides. Each time is the best of ``--round
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from timing import Comparison, compare, environment, table
+from timing import Comparison, batch_arguments, compare, environment, table
 from torch import nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD
@@ -62,17 +60,8 @@ def torchvision_ssd() -> SSD:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter timing runs")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--rounds", type=int, help="timing rounds (default 3, quick 1)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    min_run_time = 0.3 if args.quick else 1.0
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    args = batch_arguments(__doc__.splitlines()[0], argv)
+    min_run_time = args.min_run_time
 
     priors = default_boxes(SSD300, device=args.device)
     gt_boxes, gt_labels, loc, conf = make_batch(args.batch, args.device)

@@ -29,10 +29,8 @@ two sides order equal scores differently). Each time is the best of ``--rounds``
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from timing import Comparison, compare, environment, table
+from timing import Comparison, batch_arguments, compare, environment, table
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD
@@ -95,17 +93,8 @@ def check_same(ours: list[Detections], theirs: list[dict[str, Tensor]], size: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter timing runs")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--rounds", type=int, help="timing rounds (default 3, quick 1)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    min_run_time = 0.3 if args.quick else 1.0
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    args = batch_arguments(__doc__.splitlines()[0], argv)
+    min_run_time = args.min_run_time
 
     generator = torch.Generator().manual_seed(0)
     priors = default_boxes(SSD300)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,25 @@ def compare(
     return Comparison(
         task, median_seconds(ours, min_run_time), median_seconds(theirs, min_run_time)
     )
+
+
+def batch_arguments(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options of the batch benchmarks, parsed; sets torch's thread count if asked.
+
+    Adds ``min_run_time`` (seconds per measurement) and fills in the default ``rounds``.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="shorter timing runs")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, help="timing rounds (default 3, quick 1)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.min_run_time = 0.3 if args.quick else 1.0
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    return args
 
 
 def environment() -> str:

@@ -87,8 +87,11 @@ class TrainConfig:
 
 #: Reference schedules, in steps at batch size 32: the SSD300 VOC recipe of the reference
 #: PyTorch code (120k iterations, decay at 80k and 100k) and torchvision's COCO recipe
-#: (120 epochs, decay at epochs 80 and 110; about 3665 steps per epoch at batch 32).
+#: (120 epochs, decay at epochs 80 and 110; about 3665 steps per epoch at batch 32). And the
+#: recipe of the small teaching model trained from scratch on a CPU (``ssd_tiny``): AdamW
+#: reaches a useful accuracy in a few hundred steps where SGD needs thousands.
 PRESETS: dict[str, dict[str, Any]] = {
+    "tiny_cpu": {"optimizer": "adamw", "lr": 3e-3, "warmup_steps": 50},
     "voc_reference": {"lr": 1e-3, "milestones": (80_000, 100_000), "max_steps": 120_000},
     "coco_torchvision": {
         "lr": 2e-3,

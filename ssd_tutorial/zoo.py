@@ -1,0 +1,111 @@
+"""A trained model for the book, made on the spot: the tiny SSD trained on the synthetic shapes.
+
+No weights can be downloaded where the book is built, so the book trains its own.
+:func:`shapes_model` trains ``build_ssd("ssd_tiny", ...)`` on
+:class:`~ssd_tutorial.data.shapes.SyntheticShapes` with :func:`shapes_recipe` the first time it
+is asked for (a few minutes on two CPU cores in quick mode) and loads it from a cache folder
+afterwards, so that the chapters on training, inference and evaluation share one run.
+
+The cache folder is ``$SSD_TUTORIAL_CACHE`` (the book build sets ``_build/cache``) or
+``~/.cache/ssd_tutorial``. Each run keeps its checkpoint and its ``train.csv`` and ``eval.csv``
+logs there, for the training chapter's curves.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ssd_tutorial import quick_mode
+from ssd_tutorial.data.catalog import open_dataset
+from ssd_tutorial.data.shapes import CLASS_NAMES, SyntheticShapes
+from ssd_tutorial.data.transforms import collate, eval_transforms, train_transforms
+from ssd_tutorial.evaluate import evaluate_model
+from ssd_tutorial.model import SSD, build_ssd
+from ssd_tutorial.train import PRESETS, TrainConfig, Trainer, load_model
+
+#: Training steps (batches of 32) of :func:`shapes_model`: in quick mode, and at full size.
+SHAPES_STEPS: dict[str, int] = {"quick": 600, "full": 3000}
+#: Steps between two evaluations during training (one "epoch" of the run).
+STEPS_PER_EPOCH = 100
+BATCH_SIZE = 32
+IMAGE_SIZE = 128
+
+
+def shapes_recipe(steps: int) -> TrainConfig:
+    """The ``tiny_cpu`` preset for ``steps`` steps, the learning rate dropping 10x at 80%."""
+    return TrainConfig(
+        **PRESETS["tiny_cpu"],
+        epochs=-(-steps // STEPS_PER_EPOCH),
+        max_steps=steps,
+        milestones=(int(0.8 * steps),),
+        log_every=10,
+    )
+
+
+def shapes_data(split: str, length: int, augment: bool = True) -> SyntheticShapes:
+    """A split of the synthetic shapes (:func:`~ssd_tutorial.data.catalog.open_dataset`) at the
+    tiny model's input size, with the training or the evaluation transforms."""
+    transforms = train_transforms(IMAGE_SIZE) if augment else eval_transforms(IMAGE_SIZE)
+    return open_dataset(
+        "synthetic", split, transforms=transforms, length=length, image_size=IMAGE_SIZE
+    )
+
+
+def shapes_model(
+    steps: int | None = None,
+    cache_dir: Path | str | None = None,
+    progress: bool = True,
+) -> tuple[SSD, tuple[str, ...]]:
+    """The tiny SSD trained on the synthetic shapes, trained now or loaded from the cache.
+
+    Args:
+        steps: training steps of 32 images (default :data:`SHAPES_STEPS`, by quick mode).
+        cache_dir: where runs are kept (default: see the module docstring).
+        progress: progress bars while training.
+
+    Returns:
+        ``(model, class_names)``: the model in eval mode on the CPU, and
+        :data:`~ssd_tutorial.data.shapes.CLASS_NAMES`.
+    """
+    steps = steps or SHAPES_STEPS["quick" if quick_mode() else "full"]
+    run = shapes_run_dir(steps, cache_dir)
+    checkpoint = run / "model.pt"
+    if not checkpoint.is_file():
+        shutil.rmtree(run, ignore_errors=True)  # the logs of an interrupted run, if any
+        torch.manual_seed(0)
+        model = build_ssd("ssd_tiny", len(CLASS_NAMES))
+        trainer = Trainer(
+            model,
+            shapes_recipe(steps),
+            device="cpu",
+            out_dir=run,
+            progress=progress,
+            class_names=CLASS_NAMES,
+        )
+        train = DataLoader(
+            shapes_data("train", STEPS_PER_EPOCH * BATCH_SIZE),
+            batch_size=BATCH_SIZE,
+            shuffle=True,
+            collate_fn=collate,
+            num_workers=1,
+        )
+        val = DataLoader(shapes_data("val", 300, augment=False), batch_size=100, collate_fn=collate)
+        trainer.fit(
+            train, lambda m: evaluate_model(m, val, class_names=CLASS_NAMES, progress=False)
+        )
+        trainer.save_checkpoint(checkpoint)  # written last: its presence means a finished run
+    model, class_names = load_model(checkpoint)
+    return model, class_names
+
+
+def shapes_run_dir(steps: int, cache_dir: Path | str | None = None) -> Path:
+    """The folder of the :func:`shapes_model` run of ``steps`` steps: ``model.pt`` once the run
+    has finished, ``train.csv`` and ``eval.csv`` (see :class:`~ssd_tutorial.train.Trainer`)."""
+    if cache_dir is None:
+        cache_dir = os.environ.get("SSD_TUTORIAL_CACHE") or Path.home() / ".cache" / "ssd_tutorial"
+    return Path(cache_dir) / f"ssd_tiny_shapes_{steps}_steps"

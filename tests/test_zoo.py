@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from ssd_tutorial import zoo
+from ssd_tutorial.data.shapes import CLASS_NAMES
+from ssd_tutorial.train import PRESETS, Trainer
+
+
+def test_recipe_is_the_tiny_preset_with_a_late_drop():
+    config = zoo.shapes_recipe(600)
+    assert config.optimizer == PRESETS["tiny_cpu"]["optimizer"]
+    assert config.lr == PRESETS["tiny_cpu"]["lr"]
+    assert (config.max_steps, config.milestones, config.epochs) == (600, (480,), 6)
+
+
+def test_data_splits_differ_and_have_the_model_size():
+    train, val = zoo.shapes_data("train", 2, augment=False), zoo.shapes_data("val", 2, False)
+    assert train[0][0].shape == (3, 128, 128)
+    assert not torch.equal(train[0][0], val[0][0])
+
+
+@pytest.mark.slow
+def test_shapes_model_trains_once_then_loads_from_the_cache(tmp_path, monkeypatch):
+    model, class_names = zoo.shapes_model(steps=2, cache_dir=tmp_path, progress=False)
+    run = zoo.shapes_run_dir(2, tmp_path)
+    assert class_names == CLASS_NAMES and not model.training
+    assert (run / "model.pt").is_file() and (run / "train.csv").is_file()
+    assert (run / "eval.csv").read_text().startswith("epoch,step,map")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached model must be loaded, not trained again")
+
+    monkeypatch.setattr(Trainer, "fit", no_training)
+    again, _ = zoo.shapes_model(steps=2, cache_dir=tmp_path)
+    torch.testing.assert_close(again.state_dict(), model.state_dict(), rtol=0, atol=0)
+
+
+def test_cache_folder_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSD_TUTORIAL_CACHE", str(tmp_path))
+    assert zoo.shapes_run_dir(600) == tmp_path / "ssd_tiny_shapes_600_steps"
