@@ -32,7 +32,9 @@ def _train_command(args: argparse.Namespace) -> int:
     from ssd_tutorial.model import build_ssd
     from ssd_tutorial.train import PRESETS, TrainConfig, Trainer
 
-    settings = dict(PRESETS[args.preset]) if args.preset else {}
+    # The small model trains from scratch: SGD at the paper's 1e-3 would need hours on a CPU.
+    preset = args.preset or ("tiny_cpu" if args.model == "ssd_tiny" else None)
+    settings = dict(PRESETS[preset]) if preset else {}
     given = {
         "epochs": args.epochs,
         "optimizer": args.optimizer,
@@ -111,7 +113,9 @@ def _detect_command(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")  # files only, no window
     import matplotlib.pyplot as plt
+    import torch
 
+    from ssd_tutorial.data.files import read_image
     from ssd_tutorial.detector import Detector
     from ssd_tutorial.viz import draw_detections
 
@@ -123,11 +127,12 @@ def _detect_command(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report = {}
     for path in args.images:
-        result = detector(path)
+        image = read_image(path).as_subclass(torch.Tensor)  # read once: to detect and to draw
+        result = detector(image)
         report[str(path)] = {"image_size": list(result.image_size), "detections": result.to_dicts()}
         height, width = result.image_size
         figure, ax = plt.subplots(figsize=(width / 100, height / 100), dpi=100)
-        draw_detections(ax, _read_rgb(path), result)
+        draw_detections(ax, image, result)
         figure.subplots_adjust(0, 0, 1, 1)
         figure.savefig(args.out / f"{path.stem}.png")
         plt.close(figure)
@@ -150,12 +155,6 @@ def _detection_model(args: argparse.Namespace):
     model, class_names = load_model(args.checkpoint)
     # a checkpoint of a run without class names: call the classes by their labels
     return model, class_names or [f"class {label}" for label in range(model.num_classes)]
-
-
-def _read_rgb(path: Path):
-    from torchvision.io import ImageReadMode, decode_image
-
-    return decode_image(str(path), mode=ImageReadMode.RGB)
 
 
 def _anchors_command(args: argparse.Namespace) -> int:
@@ -286,9 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/ssd"), help="output directory")
     p.add_argument("--resume", type=Path, help="continue from this checkpoint (last.pt)")
     p.add_argument("--epochs", type=int, help="passes over the training data (default: 10)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a reference LR schedule")
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), help="default: sgd")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a reference recipe (default: tiny_cpu for ssd_tiny, none for the others)",
+    )
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), help="default: sgd (or the preset's)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 or the preset's)")
     p.add_argument("--warmup-steps", type=int, help="linear warm-up steps")
     p.add_argument("--milestones", type=int, nargs="+", help="steps where the LR drops 10x")
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
