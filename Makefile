@@ -14,7 +14,7 @@ BUILD_BOOK := $(VENV)/bin/jupyter-book build . --toc book/_toc.yml --config _con
 export SSD_TUTORIAL_CACHE := $(CURDIR)/_build/cache
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: book test lint unit notebooks browser-deps venv clean
+.PHONY: book test lint unit notebooks browser-deps venv clean bench
 
 venv: $(STAMP)
 
@@ -55,6 +55,11 @@ test: lint browser-deps $(STAMP)
 	$(PY) -m pytest -m "not browser"
 	$(MAKE) notebooks
 	$(PY) -m pytest -m browser
+
+# Ours against torchvision's SSD on this machine (benchmarks/README.md); writes
+# benchmarks/RESULTS.md, which the book's appendix shows. QUICK=0 times longer.
+bench: $(STAMP)
+	$(PY) benchmarks/bench_all.py --write $(if $(filter 1,$(QUICK)),--quick,)
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache .hypothesis

@@ -22,8 +22,10 @@ whole loss, matching included, on both sides. Each time is the best of ``--round
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from timing import Comparison, batch_arguments, compare, environment, table
+from timing import batch_arguments, best_of_rounds, environment, table
 from torch import nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD
@@ -59,12 +61,11 @@ def torchvision_ssd() -> SSD:
     return SSD(nn.Identity(), anchors, (SSD300.image_size,) * 2, NUM_CLASSES, head=nn.Identity())
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = batch_arguments(__doc__.splitlines()[0], argv)
-    min_run_time = args.min_run_time
-
-    priors = default_boxes(SSD300, device=args.device)
-    gt_boxes, gt_labels, loc, conf = make_batch(args.batch, args.device)
+def tasks(batch: int, device: str) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
+    """The four comparisons of this benchmark on a batch of ``batch`` images: task name ->
+    ``(ours, torchvision's)``; the two loss tasks return the loss."""
+    priors = default_boxes(SSD300, device=device)
+    gt_boxes, gt_labels, loc, conf = make_batch(batch, device)
     model = torchvision_ssd()
     size = SSD300.image_size
     anchors = center_to_corners(priors) * size
@@ -106,35 +107,33 @@ def main(argv: list[str] | None = None) -> None:
     def backward(loss_fn):
         def step():
             loc.grad = conf.grad = None
-            loss_fn().backward()
+            loss = loss_fn()
+            loss.backward()
+            return loss
 
         return step
 
-    tasks = {
+    return {
         "matching + encoding": (ours_targets, torchvision_targets),
         "match() + encode(), dense [B, P, 4]": (ours_dense_targets, torchvision_targets),
         "loss (forward)": (ours_loss, torchvision_loss),
         "loss (forward + backward)": (backward(ours_loss), backward(torchvision_loss)),
     }
-    # Other processes share the CPU: time every task in several rounds and keep each side's
-    # best median, so that a burst of load during one side's turn does not decide the ratio.
-    best: dict[str, Comparison] = {}
-    for _ in range(args.rounds):
-        for task, (ours, theirs) in tasks.items():
-            result = compare(task, ours, theirs, min_run_time)
-            if task in best:
-                result.ours_s = min(result.ours_s, best[task].ours_s)
-                result.theirs_s = min(result.theirs_s, best[task].theirs_s)
-            best[task] = result
 
-    num_objects = sum(len(b) for b in gt_boxes)
+
+def main(argv: list[str] | None = None) -> None:
+    args = batch_arguments(__doc__.splitlines()[0], argv)
+    comparisons = tasks(args.batch, args.device)
+    results = best_of_rounds(comparisons, args.rounds, args.min_run_time)
+    num_objects = sum(len(b) for b in make_batch(args.batch, args.device)[0])
     print(
-        f"Batch of {args.batch} images, {num_objects} objects, {len(priors)} default boxes, "
-        f"{NUM_CLASSES} classes, device {args.device}\n"
+        f"Batch of {args.batch} images, {num_objects} objects, {SSD300.num_boxes} default "
+        f"boxes, {NUM_CLASSES} classes, device {args.device}\n"
     )
-    print(table(list(best.values())))
+    print(table(results))
     # They may differ in the 4th digit: torchvision matches in pixels, where rounding breaks
     # exact IoU ties between equal default boxes differently than in relative coordinates.
+    ours_loss, torchvision_loss = comparisons["loss (forward)"]
     print(f"\nloss: ours {ours_loss().item():.4f}, torchvision {torchvision_loss().item():.4f}")
     print(f"\n{environment()}")
 

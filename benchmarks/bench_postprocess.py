@@ -30,7 +30,7 @@ two sides order equal scores differently). Each time is the best of ``--rounds``
 from __future__ import annotations
 
 import torch
-from timing import Comparison, batch_arguments, compare, environment, table
+from timing import batch_arguments, best_of_rounds, environment, table
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD
@@ -94,7 +94,6 @@ def check_same(ours: list[Detections], theirs: list[dict[str, Tensor]], size: in
 
 def main(argv: list[str] | None = None) -> None:
     args = batch_arguments(__doc__.splitlines()[0], argv)
-    min_run_time = args.min_run_time
 
     generator = torch.Generator().manual_seed(0)
     priors = default_boxes(SSD300)
@@ -128,22 +127,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         tasks[name] = (ours, theirs)
 
-    # Other processes share the CPU: time every task in several rounds and keep each side's
-    # best median, so that a burst of load during one side's turn does not decide the ratio.
-    best: dict[str, Comparison] = {}
-    for _ in range(args.rounds):
-        for task, (ours, theirs) in tasks.items():
-            result = compare(task, ours, theirs, min_run_time)
-            if task in best:
-                result.ours_s = min(result.ours_s, best[task].ours_s)
-                result.theirs_s = min(result.theirs_s, best[task].theirs_s)
-            best[task] = result
+    results = best_of_rounds(tasks, args.rounds, args.min_run_time)
 
     print(
         f"\nBatch of {args.batch} images, {len(priors)} default boxes, {NUM_CLASSES} classes, "
         f"device {args.device}\n"
     )
-    print(table(list(best.values())))
+    print(table(results))
     print(f"\n{environment()}")
 
 
