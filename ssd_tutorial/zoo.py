@@ -29,7 +29,7 @@ from ssd_tutorial.model import SSD, build_ssd
 from ssd_tutorial.train import PRESETS, TrainConfig, Trainer, load_model
 
 #: Training steps (batches of 32) of :func:`shapes_model`: in quick mode, and at full size.
-SHAPES_STEPS: dict[str, int] = {"quick": 600, "full": 3000}
+SHAPES_STEPS: dict[str, int] = {"quick": 1000, "full": 4000}
 #: Steps between two evaluations during training (one "epoch" of the run).
 STEPS_PER_EPOCH = 100
 BATCH_SIZE = 32
