@@ -66,7 +66,7 @@ def shapes_model(
     Args:
         steps: training steps of 32 images (default :data:`SHAPES_STEPS`, by quick mode).
         cache_dir: where runs are kept (default: see the module docstring).
-        progress: progress bars while training.
+        progress: print the loss and the validation mAP after every epoch of training.
 
     Returns:
         ``(model, class_names)``: the model in eval mode on the CPU, and
@@ -79,13 +79,9 @@ def shapes_model(
         shutil.rmtree(run, ignore_errors=True)  # the logs of an interrupted run, if any
         torch.manual_seed(0)
         model = build_ssd("ssd_tiny", len(CLASS_NAMES))
+        recipe = shapes_recipe(steps)
         trainer = Trainer(
-            model,
-            shapes_recipe(steps),
-            device="cpu",
-            out_dir=run,
-            progress=progress,
-            class_names=CLASS_NAMES,
+            model, recipe, device="cpu", out_dir=run, progress=False, class_names=CLASS_NAMES
         )
         train = DataLoader(
             shapes_data("train", STEPS_PER_EPOCH * BATCH_SIZE),
@@ -95,9 +91,19 @@ def shapes_model(
             num_workers=1,
         )
         val = DataLoader(shapes_data("val", 300, augment=False), batch_size=100, collate_fn=collate)
-        trainer.fit(
-            train, lambda m: evaluate_model(m, val, class_names=CLASS_NAMES, progress=False)
-        )
+
+        def evaluate_and_report(model: SSD) -> dict[str, float]:
+            metrics = evaluate_model(model, val, class_names=CLASS_NAMES, progress=False)
+            if progress:
+                loss, found = trainer.history[-1]["loss"], metrics["map"]
+                print(f"step {trainer.step}/{steps}: loss {loss:.2f}, val mAP@0.5 {found:.3f}")
+            return metrics
+
+        if progress:
+            # One line per epoch rather than a progress bar: a notebook cell that runs for
+            # minutes would otherwise send thousands of display updates.
+            print(f"training ssd_tiny for {steps} steps of {BATCH_SIZE} images into {run}")
+        trainer.fit(train, evaluate_and_report)
         trainer.save_checkpoint(checkpoint)  # written last: its presence means a finished run
     model, class_names = load_model(checkpoint)
     return model, class_names

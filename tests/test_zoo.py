@@ -20,8 +20,11 @@ def test_data_splits_differ_and_have_the_model_size():
 
 
 @pytest.mark.slow
-def test_shapes_model_trains_once_then_loads_from_the_cache(tmp_path, monkeypatch):
-    model, class_names = zoo.shapes_model(steps=2, cache_dir=tmp_path, progress=False)
+def test_shapes_model_trains_once_then_loads_from_the_cache(tmp_path, monkeypatch, capsys):
+    model, class_names = zoo.shapes_model(steps=2, cache_dir=tmp_path)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("training ssd_tiny for 2 steps")
+    assert printed[1].startswith("step 2/2: loss ") and "val mAP@0.5 0." in printed[1]
     run = zoo.shapes_run_dir(2, tmp_path)
     assert class_names == CLASS_NAMES and not model.training
     assert (run / "model.pt").is_file() and (run / "train.csv").is_file()
