@@ -396,10 +396,10 @@ def evaluate_model(
         its label when ``class_names`` (background first) is not given.
     """
     detections, targets = predict(model, loader, device=device, progress=progress, **detect_options)
-    options = {"iou_threshold": iou_threshold, "num_classes": model.num_classes}
-    voc07 = voc_map(detections, targets, interpolation="voc07", **options)
-    area = voc_map(detections, targets, interpolation="voc2010", **options)
-    metrics = {"map": voc07.map, "map_area": area.map}
+    voc07 = voc_map(detections, targets, iou_threshold=iou_threshold, num_classes=model.num_classes)
+    # The area AP of the same precision-recall curves: no second matching.
+    area = [average_precision(voc07.precision[c], voc07.recall[c], "voc2010") for c in voc07.recall]
+    metrics = {"map": voc07.map, "map_area": sum(area) / len(area)}
     for label, ap in sorted(voc07.ap_per_class.items()):
         metrics[f"ap/{class_names[label] if class_names else label}"] = ap
     return metrics

@@ -541,7 +541,7 @@ def test_no_ground_truth_is_an_error_not_nan():
 class OracleSSD(torch.nn.Module):
     """Predicts, batch after batch, the encoded ground truth: a perfect detector."""
 
-    def __init__(self, batches, priors):
+    def __init__(self, batches, priors, noise=0.0):
         super().__init__()
         self.config, self.num_classes = SSD_TINY, len(CLASS_NAMES)
         self.weight = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
@@ -549,7 +549,8 @@ class OracleSSD(torch.nn.Module):
         for batch in batches:
             matched, labels = match(batch.boxes, batch.labels, priors)
             conf = torch.nn.functional.one_hot(labels, self.num_classes).float() * 20
-            self.outputs.append((encode(matched, priors), conf))
+            loc = encode(matched, priors)
+            self.outputs.append((loc + noise * torch.randn(loc.shape), conf))
 
     def forward(self, images):
         loc, conf = self.outputs.pop(0)
@@ -567,6 +568,19 @@ def test_evaluate_model_gives_map_one_to_a_perfect_detector():
     assert sorted(k for k in metrics if k.startswith("ap/")) == sorted(
         f"ap/{CLASS_NAMES[label]}" for label in labels
     )
+
+
+def test_evaluate_model_reports_both_interpolations_of_voc_map():
+    data = SyntheticShapes(8, image_size=128, seed=5, transforms=eval_transforms(128))
+    batches = list(DataLoader(data, batch_size=4, collate_fn=collate))
+    priors = default_boxes(SSD_TINY)
+    torch.manual_seed(0)
+    metrics = E.evaluate_model(OracleSSD(batches, priors, noise=1.5), batches, progress=False)
+    torch.manual_seed(0)  # the same noisy predictions again
+    detections, targets = E.predict(OracleSSD(batches, priors, noise=1.5), batches, progress=False)
+    for key, interpolation in (("map", "voc07"), ("map_area", "voc2010")):
+        assert metrics[key] == E.voc_map(detections, targets, interpolation=interpolation).map
+    assert 0 < metrics["map"] < 1
 
 
 def test_predict_keeps_difficult_flags_and_relative_boxes():
