@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from ssd_tutorial.anchors import default_boxes
@@ -437,9 +437,3 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"].cpu())
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
-
-
-def loss_curve(history: list[dict[str, float]]) -> dict[str, Tensor]:
-    """The logged training losses as tensors keyed by name (for plots)."""
-    rows = [r for r in history if "loss" in r]
-    return {k: torch.tensor([r[k] for r in rows]) for k in ("step", "loss", "loc", "conf")}

@@ -72,7 +72,7 @@ def shapes_model(
         ``(model, class_names)``: the model in eval mode on the CPU, and
         :data:`~ssd_tutorial.data.shapes.CLASS_NAMES`.
     """
-    steps = steps or SHAPES_STEPS["quick" if quick_mode() else "full"]
+    steps = steps or _default_steps()
     run = shapes_run_dir(steps, cache_dir)
     checkpoint = run / "model.pt"
     if not checkpoint.is_file():
@@ -109,9 +109,15 @@ def shapes_model(
     return model, class_names
 
 
-def shapes_run_dir(steps: int, cache_dir: Path | str | None = None) -> Path:
-    """The folder of the :func:`shapes_model` run of ``steps`` steps: ``model.pt`` once the run
-    has finished, ``train.csv`` and ``eval.csv`` (see :class:`~ssd_tutorial.train.Trainer`)."""
+def shapes_run_dir(steps: int | None = None, cache_dir: Path | str | None = None) -> Path:
+    """The folder of the :func:`shapes_model` run of ``steps`` steps (default as there):
+    ``model.pt`` once the run has finished, ``train.csv`` and ``eval.csv`` (see
+    :class:`~ssd_tutorial.train.Trainer`)."""
+    steps = steps or _default_steps()
     if cache_dir is None:
         cache_dir = os.environ.get("SSD_TUTORIAL_CACHE") or Path.home() / ".cache" / "ssd_tutorial"
     return Path(cache_dir) / f"ssd_tiny_shapes_{steps}_steps"
+
+
+def _default_steps() -> int:
+    return SHAPES_STEPS["quick" if quick_mode() else "full"]
