@@ -4,7 +4,9 @@ No weights can be downloaded where the book is built, so the book trains its own
 :func:`shapes_model` trains ``build_ssd("ssd_tiny", ...)`` on
 :class:`~ssd_tutorial.data.shapes.SyntheticShapes` with :func:`shapes_recipe` the first time it
 is asked for (a few minutes on two CPU cores in quick mode) and loads it from a cache folder
-afterwards, so that the chapters on training, inference and evaluation share one run.
+afterwards, so that the chapters on training, inference and evaluation share one run. The
+discussion chapters train variants with the same recipe (another network, other default boxes,
+fewer augmentations), each under its own ``name``.
 
 The cache folder is ``$SSD_TUTORIAL_CACHE`` (the book build sets ``_build/cache``) or
 ``~/.cache/ssd_tutorial``. Each run keeps its checkpoint and its ``train.csv`` and ``eval.csv``
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,7 +30,7 @@ from ssd_tutorial.data.shapes import CLASS_NAMES, SyntheticShapes
 from ssd_tutorial.data.transforms import collate, eval_transforms, train_transforms
 from ssd_tutorial.evaluate import evaluate_model
 from ssd_tutorial.model import SSD, build_ssd
-from ssd_tutorial.train import PRESETS, TrainConfig, Trainer, load_model
+from ssd_tutorial.train import PRESETS, TrainConfig, Trainer, load_checkpoint
 
 #: Training steps (batches of 32) of :func:`shapes_model`: in quick mode, and at full size.
 SHAPES_STEPS: dict[str, int] = {"quick": 1000, "full": 4000}
@@ -47,76 +51,112 @@ def shapes_recipe(steps: int) -> TrainConfig:
     )
 
 
-def shapes_data(split: str, length: int, augment: bool = True) -> SyntheticShapes:
-    """A split of the synthetic shapes (:func:`~ssd_tutorial.data.catalog.open_dataset`) at the
-    tiny model's input size, with the training or the evaluation transforms."""
-    transforms = train_transforms(IMAGE_SIZE) if augment else eval_transforms(IMAGE_SIZE)
-    return open_dataset(
-        "synthetic", split, transforms=transforms, length=length, image_size=IMAGE_SIZE
-    )
+def shapes_data(
+    split: str,
+    length: int,
+    augment: bool = True,
+    size: int = IMAGE_SIZE,
+    augmentations: Mapping[str, bool] | None = None,
+) -> SyntheticShapes:
+    """A split of the synthetic shapes (:func:`~ssd_tutorial.data.catalog.open_dataset`) drawn
+    and fed at ``size`` px (the tiny model's 128 by default), with the training transforms
+    (``augmentations`` switches their steps, see
+    :func:`~ssd_tutorial.data.transforms.train_transforms`) or the evaluation ones."""
+    if augment:
+        transforms = train_transforms(size, **(augmentations or {}))
+    else:
+        transforms = eval_transforms(size)
+    return open_dataset("synthetic", split, transforms=transforms, length=length, image_size=size)
 
 
 def shapes_model(
     steps: int | None = None,
     cache_dir: Path | str | None = None,
     progress: bool = True,
+    *,
+    name: str = "ssd_tiny",
+    build: Callable[[int], SSD] | None = None,
+    augmentations: Mapping[str, bool] | None = None,
 ) -> tuple[SSD, tuple[str, ...]]:
-    """The tiny SSD trained on the synthetic shapes, trained now or loaded from the cache.
+    """An SSD trained on the synthetic shapes, trained now or loaded from the cache.
 
     Args:
         steps: training steps of 32 images (default :data:`SHAPES_STEPS`, by quick mode).
         cache_dir: where runs are kept (default: see the module docstring).
         progress: print the loss and the validation mAP after every epoch of training.
+        name: names the run's cache folder (:func:`shapes_run_dir`); give every variant its own.
+        build: ``build(num_classes)`` makes the untrained network (default: the tiny SSD,
+            ``build_ssd("ssd_tiny", num_classes)``); images are drawn at its input size.
+        augmentations: switches of :func:`~ssd_tutorial.data.transforms.train_transforms`,
+            e.g. ``{"flip": False}`` (default: all on).
 
     Returns:
         ``(model, class_names)``: the model in eval mode on the CPU, and
         :data:`~ssd_tutorial.data.shapes.CLASS_NAMES`.
     """
     steps = steps or _default_steps()
-    run = shapes_run_dir(steps, cache_dir)
+    build = build or partial(build_ssd, "ssd_tiny")
+    run = shapes_run_dir(steps, cache_dir, name)
     checkpoint = run / "model.pt"
+    with torch.random.fork_rng():  # the same initial weights every time, the caller's RNG intact
+        torch.manual_seed(0)
+        model = build(len(CLASS_NAMES))
     if not checkpoint.is_file():
         shutil.rmtree(run, ignore_errors=True)  # the logs of an interrupted run, if any
-        torch.manual_seed(0)
-        model = build_ssd("ssd_tiny", len(CLASS_NAMES))
-        recipe = shapes_recipe(steps)
-        trainer = Trainer(
-            model, recipe, device="cpu", out_dir=run, progress=False, class_names=CLASS_NAMES
-        )
-        train = DataLoader(
-            shapes_data("train", STEPS_PER_EPOCH * BATCH_SIZE),
-            batch_size=BATCH_SIZE,
-            shuffle=True,
-            collate_fn=collate,
-            num_workers=1,
-        )
-        val = DataLoader(shapes_data("val", 300, augment=False), batch_size=100, collate_fn=collate)
+        _train(model, steps, run, progress, augmentations or {})
+    load_checkpoint(checkpoint, model)
+    return model.eval(), CLASS_NAMES
 
-        def evaluate_and_report(model: SSD) -> dict[str, float]:
-            metrics = evaluate_model(model, val, class_names=CLASS_NAMES, progress=False)
-            if progress:
-                loss, found = trainer.history[-1]["loss"], metrics["map"]
-                print(f"step {trainer.step}/{steps}: loss {loss:.2f}, val mAP@0.5 {found:.3f}")
-            return metrics
 
+def _train(
+    model: SSD, steps: int, run: Path, progress: bool, augmentations: Mapping[str, bool]
+) -> None:
+    """Train ``model`` with :func:`shapes_recipe` and leave ``run / "model.pt"`` when done."""
+    size = model.config.image_size
+    trainer = Trainer(
+        model,
+        shapes_recipe(steps),
+        device="cpu",
+        out_dir=run,
+        progress=False,
+        class_names=CLASS_NAMES,
+    )
+    train = DataLoader(
+        shapes_data("train", STEPS_PER_EPOCH * BATCH_SIZE, size=size, augmentations=augmentations),
+        batch_size=BATCH_SIZE,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=1,
+    )
+    val = DataLoader(
+        shapes_data("val", 300, augment=False, size=size), batch_size=100, collate_fn=collate
+    )
+
+    def evaluate_and_report(model: SSD) -> dict[str, float]:
+        metrics = evaluate_model(model, val, class_names=CLASS_NAMES, progress=False)
         if progress:
-            # One line per epoch rather than a progress bar: a notebook cell that runs for
-            # minutes would otherwise send thousands of display updates.
-            print(f"training ssd_tiny for {steps} steps of {BATCH_SIZE} images into {run}")
-        trainer.fit(train, evaluate_and_report)
-        trainer.save_checkpoint(checkpoint)  # written last: its presence means a finished run
-    model, class_names = load_model(checkpoint)
-    return model, class_names
+            loss, found = trainer.history[-1]["loss"], metrics["map"]
+            print(f"step {trainer.step}/{steps}: loss {loss:.2f}, val mAP@0.5 {found:.3f}")
+        return metrics
+
+    if progress:
+        # One line per epoch rather than a progress bar: a notebook cell that runs for
+        # minutes would otherwise send thousands of display updates.
+        print(f"training {run.name} ({steps} steps of {BATCH_SIZE} images)")
+    trainer.fit(train, evaluate_and_report)
+    trainer.save_checkpoint(run / "model.pt")  # written last: its presence means a finished run
 
 
-def shapes_run_dir(steps: int | None = None, cache_dir: Path | str | None = None) -> Path:
-    """The folder of the :func:`shapes_model` run of ``steps`` steps (default as there):
+def shapes_run_dir(
+    steps: int | None = None, cache_dir: Path | str | None = None, name: str = "ssd_tiny"
+) -> Path:
+    """The folder of the :func:`shapes_model` run ``name`` of ``steps`` steps (default as there):
     ``model.pt`` once the run has finished, ``train.csv`` and ``eval.csv`` (see
     :class:`~ssd_tutorial.train.Trainer`)."""
     steps = steps or _default_steps()
     if cache_dir is None:
         cache_dir = os.environ.get("SSD_TUTORIAL_CACHE") or Path.home() / ".cache" / "ssd_tutorial"
-    return Path(cache_dir) / f"ssd_tiny_shapes_{steps}_steps"
+    return Path(cache_dir) / f"{name}_shapes_{steps}_steps"
 
 
 def _default_steps() -> int:
