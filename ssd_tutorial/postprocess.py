@@ -20,9 +20,9 @@ For each of its ``P`` default boxes the network predicts four offsets and ``C`` 
 **Batched.** :func:`nms` is the algorithm as the book explains it, for one set of boxes.
 :func:`detect` runs the same greedy procedure for every (image, class) group at once: the
 candidates form a ``[G, K]`` table, one row per group sorted by score, and NMS advances rank by
-rank, at step ``r`` letting the ``r``-th box of every row, if still kept, drop the later boxes
-of its row that overlap it. That is ``K`` vector operations on at most ``[G, K]`` elements, with
-no loop over images or classes, and the result is exactly that of :func:`nms` on each group.
+rank, at step ``r`` keeping the ``r``-th box of every row unless a box kept before it in its
+row overlaps it. That is ``K`` vector operations on at most ``[G, r]`` elements, with no loop
+over images or classes, and the result is exactly that of :func:`nms` on each group.
 
 **Ties** are broken by position, like a stable sort: among equal scores the default box with
 the lower index comes first (also when equal scores compete for the last candidate places), and
@@ -187,8 +187,9 @@ def _best_candidates(scores: Tensor, threshold: float, cap: int) -> tuple[Tensor
 def _nms_rank_by_rank(boxes: Tensor, counts: Tensor, iou_threshold: float) -> Tensor:
     """Greedy NMS within every row of a table of boxes, all rows at once.
 
-    Step ``r`` lets the ``r``-th box of every row, if still kept, drop the later boxes of its
-    row that overlap it.
+    Step ``r`` decides the ``r``-th box of every row: it is kept unless a kept box before it in
+    its row overlaps it. Each box is compared only with the boxes of its own row ahead of it,
+    so a row of ``n`` boxes costs ``n (n - 1) / 2`` IoUs, however long the other rows are.
 
     Args:
         boxes (Tensor[G, K, 4]): corner form; each row sorted by score, best first.
@@ -197,7 +198,7 @@ def _nms_rank_by_rank(boxes: Tensor, counts: Tensor, iou_threshold: float) -> Te
     Returns:
         Tensor[G, K]: bool, the kept boxes (never the filler).
     """
-    # Rows sorted by count: the rows that still have boxes after rank r are a prefix.
+    # Rows sorted by count: the rows that have an r-th box are a prefix.
     order = counts.argsort(descending=True, stable=True)
     counts = counts[order]
     # Corners as [2, G, K] tables, x then y: every step below then works along contiguous
@@ -207,18 +208,19 @@ def _nms_rank_by_rank(boxes: Tensor, counts: Tensor, iou_threshold: float) -> Te
     area = (corners[2] - corners[0]) * (corners[3] - corners[1])
     ranks = torch.arange(boxes.shape[1], device=boxes.device)
     keep = ranks < counts[:, None]
-    rows_after = (counts > ranks[:, None] + 1).sum(dim=1).tolist()
-    for r, rows in enumerate(rows_after):
+    rows_with = (counts > ranks[:, None]).sum(dim=1).tolist()
+    for r, rows in enumerate(rows_with[1:], start=1):
         if rows == 0:
             break
-        now, later = slice(r, r + 1), slice(r + 1, None)
-        low = torch.maximum(top_left[:, :rows, now], top_left[:, :rows, later])
-        high = torch.minimum(bottom_right[:, :rows, now], bottom_right[:, :rows, later])
+        now, before = slice(r, r + 1), slice(0, r)
+        low = torch.maximum(top_left[:, :rows, now], top_left[:, :rows, before])
+        high = torch.minimum(bottom_right[:, :rows, now], bottom_right[:, :rows, before])
         size = (high - low).clamp_(min=0)
         inter = size[0] * size[1]
         # As torchvision's kernel: the IoU of two empty boxes is 0 / 0, NaN, never above.
-        overlap = inter / (area[:rows, now] + area[:rows, later] - inter)
-        keep[:rows, later].masked_fill_((overlap > iou_threshold) & keep[:rows, now], False)
+        overlap = inter / (area[:rows, now] + area[:rows, before] - inter)
+        suppressed = ((overlap > iou_threshold) & keep[:rows, before]).any(dim=1)
+        keep[:rows, r].logical_and_(~suppressed)
     result = torch.empty_like(keep)
     result[order] = keep
     return result
