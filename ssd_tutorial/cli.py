@@ -3,6 +3,7 @@
 * ``train``: train a model on synthetic shapes, a VOC year or a COCO-format folder.
 * ``evaluate``: a checkpoint's VOC mAP and per-class AP on a dataset split.
 * ``detect``: boxes for image files, drawn on the images and written to a JSON file.
+* ``export``: a checkpoint's model as an ONNX file, to run with onnxruntime.
 * ``anchors``: the default-box table of a configuration.
 """
 
@@ -25,8 +26,17 @@ DEFAULT_SPLITS = {
 
 
 def _train_command(args: argparse.Namespace) -> int:
+    """Train in this process, or in each process ``torchrun`` started (one per device)."""
+    from ssd_tutorial import distributed
+
+    with distributed.process_group(args.device) as device:
+        return _train(args, device)
+
+
+def _train(args: argparse.Namespace, device) -> int:
     import torch
 
+    from ssd_tutorial import distributed
     from ssd_tutorial.data.transforms import train_transforms
     from ssd_tutorial.evaluate import evaluate_model
     from ssd_tutorial.model import build_ssd
@@ -51,8 +61,10 @@ def _train_command(args: argparse.Namespace) -> int:
         amp=None if args.amp == "none" else args.amp,
         compile=args.compile,
         channels_last=args.channels_last,
+        sync_bn=args.sync_bn,
         log_every=args.log_every,
     )
+    distributed.local_batch_size(args.batch_size, distributed.world_size())  # fail early
     torch.manual_seed(args.seed)
     size = _model_image_size(args.model)
     train_split, _ = _splits(args)
@@ -62,25 +74,29 @@ def _train_command(args: argparse.Namespace) -> int:
     trainer = Trainer(
         model,
         config,
-        device=args.device,
+        device=device,
         out_dir=args.out,
         progress=not args.quiet,
         class_names=class_names,
     )
+    is_main = distributed.is_main_process()  # only rank 0 prints, evaluates and writes
     if args.resume:
         trainer.load_checkpoint(args.resume)
-        print(f"resumed from {args.resume} at epoch {trainer.epoch}, step {trainer.step}")
+        if is_main:
+            print(f"resumed from {args.resume} at epoch {trainer.epoch}, step {trainer.step}")
     evaluate = None
-    if not args.no_eval:
+    if not args.no_eval and is_main:
         val_loader = _eval_loader(args, size, trainer.device)
         evaluate = lambda m: evaluate_model(  # noqa: E731
             m, val_loader, class_names=class_names, progress=not args.quiet
         )
-    history = trainer.fit(_loader(train_data, args, trainer.device, shuffle=True), evaluate)
+    train_loader = _loader(train_data, args, trainer.device, shuffle=True, shard=True)
+    history = trainer.fit(train_loader, evaluate)
     last = [row for row in history if "map" in row]
     if last:
         print(f"mAP@0.5 (VOC07 11-point) after epoch {last[-1]['epoch']}: {last[-1]['map']:.4f}")
-    print(f"checkpoint and logs in {args.out}")
+    if is_main:
+        print(f"checkpoint and logs in {args.out}")
     return 0
 
 
@@ -89,6 +105,8 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     from ssd_tutorial.train import load_model
 
     model, class_names = load_model(args.checkpoint, map_location=args.device or "cpu")
+    if args.data == "voc" and args.classes is None and class_names:
+        args.classes = ",".join(class_names[1:])  # the classes the model was trained on
     loader = _eval_loader(args, model.config.image_size, next(model.parameters()).device)
     class_names = class_names or loader.dataset.class_names
     metrics = evaluate_model(model, loader, class_names=class_names, progress=not args.quiet)
@@ -143,7 +161,12 @@ def _detect_command(args: argparse.Namespace) -> int:
 
 
 def _detection_model(args: argparse.Namespace):
-    """The model and class names of ``--checkpoint`` or ``--torchvision-coco``."""
+    """The model and class names of ``--checkpoint``, ``--onnx`` or ``--torchvision-coco``."""
+    if args.onnx:
+        from ssd_tutorial.export import OnnxSSD
+
+        model = OnnxSSD(args.onnx)
+        return model, model.class_names
     if args.torchvision_coco:
         from torchvision.models.detection import SSD300_VGG16_Weights
 
@@ -155,6 +178,23 @@ def _detection_model(args: argparse.Namespace):
     model, class_names = load_model(args.checkpoint)
     # a checkpoint of a run without class names: call the classes by their labels
     return model, class_names or [f"class {label}" for label in range(model.num_classes)]
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    from ssd_tutorial.export import DEFAULT_OPSET, export_onnx
+    from ssd_tutorial.train import load_model
+
+    model, class_names = load_model(args.checkpoint)
+    output = args.output or args.checkpoint.with_suffix(".onnx")
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    # the weights come from a checkpoint, whatever their values
+    export_onnx(model, output, class_names, opset=opset, allow_untrained=True)
+    size, boxes = model.config.image_size, model.config.num_boxes
+    print(
+        f"{args.checkpoint} -> {output} (opset {opset}): images [B, 3, {size}, {size}] -> "
+        f"loc [B, {boxes}, 4], conf [B, {boxes}, {model.num_classes}]"
+    )
+    return 0
 
 
 def _anchors_command(args: argparse.Namespace) -> int:
@@ -207,7 +247,22 @@ def _open(args: argparse.Namespace, split: str, transforms, length: int, size: i
         image_size=size,
         seed=args.seed,
         skip_invalid=args.skip_invalid,
+        classes=_class_list(args.classes),
     )
+
+
+def _class_list(value: str | None) -> list[str] | None:
+    """``--classes``: names separated by commas, or a text file with one name per line."""
+    if value is None:
+        return None
+    path = Path(value)
+    text = path.read_text() if path.is_file() else value.replace(",", "\n")
+    names = [name.strip() for name in text.splitlines() if name.strip()]
+    if not names:
+        raise ValueError(f"--classes {value!r} names no class")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--classes {value!r} names a class twice")
+    return names
 
 
 def _eval_loader(args: argparse.Namespace, size: int, device):
@@ -217,19 +272,36 @@ def _eval_loader(args: argparse.Namespace, size: int, device):
     return _loader(_open(args, split, eval_transforms(size), args.val_size, size), args, device)
 
 
-def _loader(dataset, args: argparse.Namespace, device, shuffle: bool = False):
-    from torch.utils.data import DataLoader
+def _loader(dataset, args: argparse.Namespace, device, shuffle: bool = False, shard: bool = False):
+    """Batches of ``--batch-size`` images; with ``shard``, under several processes, this
+    process's equal part of each global batch (a ``DistributedSampler`` over ``dataset``).
 
+    Defaults that keep a GPU fed, each overridable: workers from the cores per process, pinned
+    memory for CUDA copies, workers kept alive between epochs.
+    """
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from ssd_tutorial import distributed
     from ssd_tutorial.data.transforms import collate
 
+    processes = distributed.world_size()
+    sampler = None
+    if shard and processes > 1:
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=args.seed)
+    workers = (
+        args.workers if args.workers is not None else distributed.default_num_workers(processes)
+    )
+    pin_memory = args.pin_memory if args.pin_memory is not None else device.type == "cuda"
+    persistent = args.persistent_workers if args.persistent_workers is not None else workers > 0
     return DataLoader(
         dataset,
-        batch_size=args.batch_size,
-        shuffle=shuffle,
+        batch_size=distributed.local_batch_size(args.batch_size, processes if sampler else 1),
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         collate_fn=collate,
-        num_workers=args.workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=args.workers > 0,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=persistent,
     )
 
 
@@ -257,9 +329,50 @@ def _add_data_arguments(p: argparse.ArgumentParser, train: bool) -> None:
         help="evaluation split (default: val, test or val2017)",
     )
     p.add_argument("--val-size", type=int, default=500, help="synthetic evaluation images")
+    p.add_argument(
+        "--classes",
+        help="VOC layout: the annotations' class names, comma-separated or a text file with one "
+        "per line (default: Pascal VOC's 20"
+        + (")" if train else ", or those the checkpoint was trained on)"),
+    )
     p.add_argument("--skip-invalid", action="store_true", help="warn about and skip bad images")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
-    p.add_argument("--workers", type=int, default=2, help="data loading processes (default: 2)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="images per batch (default: 32)"
+        + (
+            "; under torchrun the global batch, split evenly over the processes: it must be "
+            "divisible by their number. Changing it does not change --lr: scale the LR with "
+            "the batch yourself (linear scaling rule: k times the batch, k times the LR, with "
+            "--warmup-steps)"
+            if train
+            else ""
+        ),
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="data loading processes per training process (default: the CPU cores shared "
+        "out among the training processes, at most 8)",
+    )
+    p.add_argument(
+        "--pin-memory",
+        action=argparse.BooleanOptionalAction,
+        help="page-locked batches for faster GPU copies (default: on for CUDA)",
+    )
+    p.add_argument(
+        "--persistent-workers",
+        action=argparse.BooleanOptionalAction,
+        help="keep the loading processes between epochs (default: on when --workers > 0)"
+        + (
+            "; their random augmentation then runs on from epoch to epoch, so a run resumed "
+            "with --resume matches an uninterrupted one exactly only with "
+            "--no-persistent-workers"
+            if train
+            else ""
+        ),
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="seed of data order and augmentation")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -278,7 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "train",
         help="train an SSD",
-        description="Train an SSD; writes train.csv, eval.csv and last.pt to --out.",
+        description="Train an SSD; writes train.csv, eval.csv and last.pt to --out. On several "
+        "GPUs, launch it with PyTorch's torchrun: torchrun --nproc_per_node=8 -m "
+        "ssd_tutorial.cli train ... (one process per GPU, NCCL; with --device cpu, CPU "
+        "processes and Gloo). --batch-size is then the global batch; rank 0 logs, evaluates "
+        "and writes the checkpoints.",
     )
     p.add_argument("--model", choices=sorted(ARCHITECTURES), default="ssd_tiny")
     _add_data_arguments(p, train=True)
@@ -291,7 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a reference recipe (default: tiny_cpu for ssd_tiny, none for the others)",
     )
     p.add_argument("--optimizer", choices=("sgd", "adamw"), help="default: sgd (or the preset's)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3 or the preset's)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="peak learning rate of the global batch (default: 1e-3 or the preset's, for "
+        "their batch size; not rescaled for another batch size or number of GPUs)",
+    )
     p.add_argument("--warmup-steps", type=int, help="linear warm-up steps")
     p.add_argument("--milestones", type=int, nargs="+", help="steps where the LR drops 10x")
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
@@ -301,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun on GPUs, batch-norm statistics over the global batch "
+        "(SyncBatchNorm) rather than each process's shard",
+    )
     p.add_argument("--pretrained-base", action="store_true", help="ImageNet VGG-16 weights")
     p.add_argument("--log-every", type=int, default=10, help="steps between CSV rows")
     p.add_argument("--no-eval", action="store_true", help="no evaluation after each epoch")
@@ -322,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     weights = p.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", type=Path, help="a checkpoint written by train")
     weights.add_argument(
+        "--onnx", type=Path, help="an ONNX file written by export (runs with onnxruntime)"
+    )
+    weights.add_argument(
         "--torchvision-coco",
         action="store_true",
         help="torchvision's COCO-trained SSD300 weights (downloads 136 MB)",
@@ -332,6 +463,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", help="cpu, cuda, mps (default: where the model loads)")
     p.set_defaults(run=_detect_command)
+
+    p = commands.add_parser(
+        "export",
+        help="write a checkpoint's model to an ONNX file",
+        description="Write the network of a checkpoint to ONNX (dynamic batch axis, "
+        "post-processing left out) with its class names, input size, normalisation and default "
+        "boxes in the file's metadata; run it with `detect --onnx`.",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by train")
+    p.add_argument(
+        "--output", type=Path, help="the ONNX file (default: the checkpoint's path, .onnx)"
+    )
+    p.add_argument("--opset", type=int, help="ONNX operator set, 18 or later (default: 18)")
+    p.set_defaults(run=_export_command)
 
     p = commands.add_parser("anchors", help="print the default-box table of a config")
     p.add_argument(

@@ -11,16 +11,20 @@ back to the pixels of each original image::
     for d in result.to_dicts():
         print(d["name"], d["score"], d["box"])
 
+The same works with a model exported to ONNX (:mod:`ssd_tutorial.export`), run by onnxruntime:
+``Detector.from_onnx("ssd.onnx")``.
+
 The network sees a square ``S x S`` resize of the image, so an image of ``W x H`` pixels has its
 relative boxes scaled by ``W`` horizontally and ``H`` vertically.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import PIL.Image
@@ -31,6 +35,9 @@ from ssd_tutorial.anchors import default_boxes
 from ssd_tutorial.data.files import read_image
 from ssd_tutorial.postprocess import Detections, detect
 from ssd_tutorial.preprocess import preprocess
+
+if TYPE_CHECKING:
+    from ssd_tutorial.export import OnnxSSD
 
 #: What :class:`Detector` accepts as one image: a file path, a PIL image, a numpy array
 #: ``[H, W, 3]`` or a tensor ``[3, H, W]``, ``uint8`` in ``[0, 255]`` or floating in ``[0, 1]``.
@@ -77,17 +84,22 @@ class Detector:
 
     Args:
         model: an SSD whose ``forward`` gives ``(loc, conf)``, with ``config`` (its default
-            boxes and input size), ``image_mean``, ``image_std`` and ``num_classes``.
+            boxes and input size), ``image_mean``, ``image_std`` and ``num_classes``; or a
+            network run elsewhere, a callable with the same attributes and a ``device`` (where
+            its outputs are), such as :class:`ssd_tutorial.export.OnnxSSD` (see
+            :meth:`from_onnx`).
         class_names: the names of labels ``0..C-1`` (background first, as datasets'
             ``class_names``) or of labels ``1..C-1`` only (as ``VOC_CLASSES``).
-        device: where to run; the model is moved there. Default: where the model is.
+        device: where to run; the model is moved there. Default: where the model is. An
+            ``OnnxSSD`` stays where its onnxruntime providers put it: ``device`` must be
+            ``None`` (or its ``device``, the CPU).
         conf_threshold: minimum score of a detection (default :data:`DISPLAY_THRESHOLD`).
         nms_threshold, top_k: as in :func:`ssd_tutorial.postprocess.detect`.
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | OnnxSSD,
         class_names: Sequence[str],
         device: torch.device | str | None = None,
         conf_threshold: float = DISPLAY_THRESHOLD,
@@ -102,15 +114,34 @@ class Detector:
                 f"class_names must name the model's {num_classes} classes (background first) or "
                 f"its {num_classes - 1} object classes, got {len(class_names)} names"
             )
-        if device is not None:
-            model.to(device)
         self.model = model
         self.class_names = tuple(class_names)
-        self.device = next(model.parameters()).device
+        self.device = _place(model, device)
         self.conf_threshold = conf_threshold
         self.nms_threshold = nms_threshold
         self.top_k = top_k
         self.priors = default_boxes(model.config, device=self.device)
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | Path,
+        class_names: Sequence[str] | None = None,
+        providers: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> Detector:
+        """A detector running an ONNX file written by :func:`ssd_tutorial.export.export_onnx`.
+
+        Args:
+            path: the ``.onnx`` file.
+            class_names: default: the names stored in the file.
+            providers: onnxruntime execution providers (default: the CPU).
+            kwargs: ``conf_threshold``, ``nms_threshold``, ``top_k`` as for :class:`Detector`.
+        """
+        from ssd_tutorial.export import OnnxSSD
+
+        model = OnnxSSD(path, providers)
+        return cls(model, class_names or model.class_names, **kwargs)
 
     def __call__(
         self, images: ImageLike | Sequence[ImageLike]
@@ -142,21 +173,16 @@ class Detector:
         batch = torch.cat(
             [preprocess(x.to(self.device), size, model.image_mean, model.image_std) for x in images]
         )
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                loc, conf = model(batch)
-                found = detect(
-                    loc.float(),
-                    conf.float(),
-                    self.priors,
-                    self.conf_threshold,
-                    self.nms_threshold,
-                    self.top_k,
-                )
-        finally:
-            model.train(was_training)
+        with _eval_mode(model), torch.inference_mode():
+            loc, conf = model(batch)
+            found = detect(
+                loc.float(),
+                conf.float(),
+                self.priors,
+                self.conf_threshold,
+                self.nms_threshold,
+                self.top_k,
+            )
         return [self._result(image, detections) for image, detections in zip(images, found)]
 
     def _result(self, image: Tensor, detections: Detections) -> DetectionResult:
@@ -170,6 +196,35 @@ class Detector:
             names=[self.class_names[label] for label in labels.tolist()],
             image_size=(int(height), int(width)),
         )
+
+
+def _place(model: nn.Module | OnnxSSD, device: torch.device | str | None) -> torch.device:
+    """Move a PyTorch model to ``device`` (if given); the device the model then runs on."""
+    if isinstance(model, nn.Module):
+        if device is not None:
+            model.to(device)
+        return next(model.parameters()).device
+    if device is not None and torch.device(device) != model.device:
+        raise ValueError(
+            f"the model is not a PyTorch module that can move (an ONNX model runs on its "
+            f"onnxruntime providers) and gives tensors on {model.device}, so device must be None "
+            f"or {model.device}, got {device!r}"
+        )
+    return model.device
+
+
+@contextmanager
+def _eval_mode(model: nn.Module | OnnxSSD) -> Iterator[None]:
+    """Run a PyTorch model in eval mode and restore its mode after; an ONNX graph has none."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _is_batch(images: Any) -> bool:

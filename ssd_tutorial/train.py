@@ -8,6 +8,14 @@ The loop is plain PyTorch, short enough to read in one sitting:
 
 Every epoch's data order and augmentation depend only on ``(seed, epoch)``, so a run resumed
 from a checkpoint continues with exactly the losses an uninterrupted run would have had.
+
+**Several processes.** Started by ``torchrun`` (see :mod:`ssd_tutorial.distributed`), each
+process trains on its shard of every global batch (a ``DistributedSampler``): the trainer wraps
+the model in ``DistributedDataParallel``, which averages the gradients, and normalises the loss
+by the positives of the whole global batch, so W processes take the step one process would take
+on the global batch. Only rank 0 shows progress, writes logs and checkpoints and evaluates; the
+others wait for it at a barrier. Checkpoints hold the plain model's weights, so they load in one
+process or in several alike.
 """
 
 from __future__ import annotations
@@ -25,8 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from ssd_tutorial import distributed
 from ssd_tutorial.anchors import default_boxes
 from ssd_tutorial.loss import LossTerms, MultiBoxLoss, NonFinitePredictionError
 from ssd_tutorial.model import ARCHITECTURES, SSD, build_ssd
@@ -40,7 +50,10 @@ class TrainConfig:
         epochs: passes over the training data.
         optimizer: ``"sgd"`` (with momentum, the paper's choice) or ``"adamw"`` (converges in
             fewer steps when training small models from scratch, as the CPU chapter does).
-        lr: peak learning rate (after warm-up).
+        lr: peak learning rate (after warm-up), for the global batch (all processes
+            together). Nothing rescales it when the batch changes: with k times the batch,
+            the linear scaling rule (Goyal et al., 2017) suggests k times the rate, with a
+            warm-up.
         momentum, weight_decay: SGD settings (0.9 and 5e-4 in the paper); AdamW uses the
             weight decay too.
         warmup_steps: steps over which the LR rises linearly from ``lr * warmup_factor``.
@@ -51,6 +64,9 @@ class TrainConfig:
             ``None``; ignored on other devices.
         compile: run the model through ``torch.compile``.
         channels_last: use the channels-last memory format (faster convolutions on GPUs).
+        sync_bn: under several processes, compute batch-norm statistics over the global batch
+            (``SyncBatchNorm``, CUDA only) instead of each process's shard; no effect in one
+            process.
         seed: seeds weights-independent randomness: data order, augmentation, workers.
         log_every: write a CSV row every this many steps.
     """
@@ -69,6 +85,7 @@ class TrainConfig:
     amp: str | None = "bf16"
     compile: bool = False
     channels_last: bool = False
+    sync_bn: bool = False
     seed: int = 0
     log_every: int = 10
 
@@ -114,15 +131,22 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
 class Trainer:
     """Trains an SSD model on batches of ``(images, boxes, labels, ...)``.
 
+    In a process group of several processes (started by ``torchrun``, see
+    :mod:`ssd_tutorial.distributed`) the model is wrapped in ``DistributedDataParallel`` (its
+    weights broadcast from rank 0) and each process gets its shard of the global batch: a
+    ``DataLoader`` with a ``DistributedSampler``, whose epoch :meth:`fit` sets.
+
     Args:
         model: an SSD (forward gives ``loc[B, P, 4]``, ``conf[B, P, C]``; has ``config`` and
             ``num_classes``).
         config: the run's hyper-parameters.
-        device: where to train (default: CUDA if available, else CPU).
+        device: where to train (default: CUDA if available, else CPU); under several
+            processes, this process's device.
         loss_fn: defaults to :class:`~ssd_tutorial.loss.MultiBoxLoss` with the paper's settings.
         out_dir: where ``train.csv``, ``eval.csv`` and ``last.pt`` go (``None``: nothing is
             written); with tensorboard installed, the same metrics go to ``out_dir/tensorboard``.
-        progress: show tqdm progress bars.
+            Only rank 0 writes.
+        progress: show tqdm progress bars (on rank 0).
         class_names: names of the classes, background first; saved in checkpoints so that
             :func:`load_model` gives a ready-to-use detector.
     """
@@ -145,10 +169,9 @@ class Trainer:
         self.class_names = tuple(class_names) if class_names is not None else None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.config = config
-        self.model = model.to(self.device)
-        if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.model = _prepare_model(model, config, self.device)
+        parallel = _data_parallel(self.model, self.device)
+        self.forward = torch.compile(parallel) if config.compile else parallel
         self.loss_fn = loss_fn or MultiBoxLoss()
         self.priors = default_boxes(model.config, device=self.device)
         self.optimizer = _optimizer(self.model, config)
@@ -160,8 +183,10 @@ class Trainer:
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.tensorboard = _tensorboard_writer(self.out_dir)
-        self.progress = progress
+        self.tensorboard = (
+            _tensorboard_writer(self.out_dir) if distributed.is_main_process() else None
+        )
+        self.progress = progress and distributed.is_main_process()
         self.epoch = 0
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -173,12 +198,18 @@ class Trainer:
     ) -> list[dict[str, float]]:
         """Train from the current epoch to ``config.epochs`` (or ``max_steps``).
 
-        ``evaluate(model)``, if given, runs after every epoch; its metrics join the history.
+        ``evaluate(model)``, if given, runs after every epoch (on rank 0 only, while the other
+        processes wait); its metrics join the history. If ``loader`` has a sampler with
+        ``set_epoch`` (a ``DistributedSampler``), it is told each epoch, so that the shuffled
+        order depends on ``(seed, epoch)`` as in a single process.
         Returns the history: one dict per logged step and one per evaluation.
         """
         config = self.config
+        sampler = getattr(loader, "sampler", None)
         while self.epoch < config.epochs and not self._done():
-            _seed_epoch(config.seed, self.epoch)
+            _seed_epoch(config.seed, self.epoch, distributed.rank())
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(self.epoch)
             self.model.train()
             batches = tqdm(
                 loader,
@@ -199,15 +230,20 @@ class Trainer:
                 if self._done():
                     break
             self.epoch += 1
-            if evaluate is not None:
+            if evaluate is not None and distributed.is_main_process():
                 self.model.eval()
                 self._log("eval", {"epoch": self.epoch, "step": self.step, **evaluate(self.model)})
             if self.out_dir is not None:
                 self.save_checkpoint(self.out_dir / "last.pt")
+            distributed.barrier()  # nobody runs ahead while rank 0 evaluates and saves
         return self.history
 
     def train_step(self, batch: Any) -> dict[str, float]:
-        """One optimisation step on one batch; returns the step's losses and speed."""
+        """One optimisation step on one batch; returns the step's losses and speed.
+
+        Under several processes ``batch`` is this process's shard of the global batch; the
+        losses, positives and speed returned are those of the global batch, on every process.
+        """
         start = time.perf_counter()
         images, boxes, labels = batch[0], batch[1], batch[2]
         images = images.to(self.device, non_blocking=True)
@@ -229,6 +265,7 @@ class Trainer:
                 f"non-finite predictions at step {self.step + 1} (epoch {self.epoch + 1}): "
                 f"{error}; {advice}"
             ) from error
+        objective, terms = _global_batch_loss(terms)
         loss = terms.total.item()
         if not math.isfinite(loss):
             raise FloatingPointError(
@@ -237,7 +274,7 @@ class Trainer:
                 f"confidence {terms.confidence.item()}; {advice}"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(terms.total).backward()
+        self.scaler.scale(objective).backward()
         if self.config.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -253,11 +290,17 @@ class Trainer:
             "loc": terms.localization.item(),
             "conf": terms.confidence.item(),
             "positives": terms.num_positives,
-            "img_per_s": len(images) / (time.perf_counter() - start),
+            "img_per_s": len(images) * distributed.world_size() / (time.perf_counter() - start),
         }
 
     def save_checkpoint(self, path: Path | str) -> None:
-        """Everything needed to continue exactly: weights, optimiser, schedule, RNG states."""
+        """Everything needed to continue exactly: weights, optimiser, schedule, RNG states.
+
+        The weights are the plain model's (no ``module.`` prefix of ``DistributedDataParallel``)
+        and every process holds the same ones, so rank 0 alone writes; the others return.
+        """
+        if not distributed.is_main_process():
+            return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         checkpoint = {
@@ -278,7 +321,10 @@ class Trainer:
         tmp.replace(path)  # never leave a half-written checkpoint behind
 
     def load_checkpoint(self, path: Path | str) -> None:
-        """Restore a checkpoint written by :meth:`save_checkpoint` and continue from it."""
+        """Restore a checkpoint written by :meth:`save_checkpoint` and continue from it.
+
+        Under several processes every process reads it (the same file).
+        """
         checkpoint = load_checkpoint(path, self.model, map_location=self.device)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -290,9 +336,10 @@ class Trainer:
         return self.config.max_steps is not None and self.step >= self.config.max_steps
 
     def _log(self, kind: str, row: dict[str, float]) -> None:
-        """Keep a row in the history, append it to ``out_dir/{kind}.csv`` and to TensorBoard."""
+        """Keep a row in the history, append it to ``out_dir/{kind}.csv`` and to TensorBoard
+        (rank 0 only)."""
         self.history.append(row)
-        if self.out_dir is None:
+        if self.out_dir is None or not distributed.is_main_process():
             return
         if self.tensorboard is not None:
             for key, value in row.items():
@@ -397,6 +444,56 @@ def _tensorboard_writer(out_dir: Path | None) -> Any:
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
+def _prepare_model(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
+    """``model`` on ``device``, with ``SyncBatchNorm`` and channels-last if the config asks."""
+    if config.sync_bn and distributed.world_size() > 1:
+        if device.type != "cuda":
+            raise ValueError(
+                f"sync_bn needs CUDA devices (torch's SyncBatchNorm has no {device.type} "
+                "implementation); train without it, each process then normalises its own shard"
+            )
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in ``DistributedDataParallel`` under several processes, else ``model``."""
+    if distributed.world_size() == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def _global_batch_loss(terms: LossTerms) -> tuple[torch.Tensor, LossTerms]:
+    """The loss this process back-propagates, and the loss terms of the whole global batch.
+
+    One process with the global batch minimises ``S / N``: ``S`` the loss summed over all
+    images, ``N`` their positives. Process ``r`` of ``W`` sees a shard with sum ``S_r`` and
+    ``N_r`` positives, and :class:`~ssd_tutorial.loss.MultiBoxLoss` gives it
+    ``S_r / max(N_r, 1)``, so averaging those would weigh a shard with few objects as much as
+    one with many. Instead the positives are summed over the processes (one all-reduce) and
+    process ``r`` back-propagates ``W * S_r / N``; ``DistributedDataParallel`` averages the
+    gradients over the ``W`` processes, which gives exactly the gradient of ``S / N``, the
+    single-process one. ``S_r`` is ``loss_r * max(N_r, 1)`` (both are 0 when ``N_r = 0``).
+
+    In a single process both are ``terms.total`` and ``terms`` themselves.
+    """
+    processes = distributed.world_size()
+    if processes == 1:
+        return terms.total, terms
+    local_normalizer = max(terms.num_positives, 1)
+    parts = torch.stack([terms.localization, terms.confidence, terms.total]).detach()
+    sums = torch.cat([parts * local_normalizer, parts.new_tensor([terms.num_positives])])
+    sums = distributed.all_reduce_sum(sums)
+    num_positives = round(sums[3].item())
+    normalizer = max(num_positives, 1)
+    objective = terms.total * (processes * local_normalizer / normalizer)
+    localization, confidence, total = sums[:3] / normalizer
+    return objective, LossTerms(localization, confidence, total, num_positives)
+
+
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -414,9 +511,13 @@ def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-def _seed_epoch(seed: int, epoch: int) -> None:
-    """Make an epoch's shuffling, worker seeds and augmentation depend on (seed, epoch) only."""
-    epoch_seed = seed * 100_003 + epoch
+def _seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
+    """Make an epoch's shuffling, worker seeds and augmentation depend on (seed, epoch) only.
+
+    Under several processes, on (seed, epoch, rank): each process augments its own images
+    with its own random draws, rather than all repeating rank 0's.
+    """
+    epoch_seed = seed * 100_003 + epoch + rank * 1_000_000_007
     random.seed(epoch_seed)
     np.random.seed(epoch_seed % 2**32)  # noqa: NPY002 (user transforms may use the global RNG)
     torch.manual_seed(epoch_seed)

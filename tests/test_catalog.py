@@ -57,3 +57,15 @@ def test_bad_arguments_are_named(tmp_path, kind, split, root, error, message):
         root = tmp_path / root
     with pytest.raises(error, match=message):
         open_dataset(kind, split, root=root)
+
+
+def test_own_voc_layout_data_names_its_classes(tmp_path):
+    images = {"a": (40, 50, [("kiwi", 2, 3, 30, 35, 0), ("plum", 5, 5, 20, 20, 0)])}
+    root = write_voc(tmp_path / "fruit", images=images, split="train")
+    dataset = open_dataset("voc", "train", root=root, classes=["plum", "kiwi"])
+    assert dataset.class_names == ("background", "plum", "kiwi")
+    assert dataset[0][1]["labels"].tolist() == [2, 1]
+    with pytest.raises(ValueError, match="kiwi"):  # Pascal VOC's classes by default
+        open_dataset("voc", "train", root=root)
+    with pytest.raises(ValueError, match="VOC-layout data only"):
+        open_dataset("synthetic", "train", classes=["plum"])

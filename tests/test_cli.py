@@ -108,3 +108,29 @@ def test_missing_files_are_clear_errors(tmp_path):
     assert "is not a directory" in result.stderr
     result = run_cli("detect", str(tmp_path / "none.jpg"), "--checkpoint", str(tmp_path / "x.pt"))
     assert result.returncode == 1 and "no checkpoint at" in result.stderr
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_own_classes_in_the_voc_layout(tmp_path):
+    from test_voc import write_voc
+
+    images = {
+        f"{i:03d}": (64, 64, [("kiwi", 5, 5, 40, 40, 0), ("plum", 30, 30, 60, 62, 0)])
+        for i in range(4)
+    }
+    root = write_voc(tmp_path / "fruit", images=images, split="trainval")
+    (root / "classes.txt").write_text("plum\nkiwi\n")
+    data = ["--data", "voc", "--root", str(root), "--batch-size", "2", "--workers", "0"]
+    out = tmp_path / "run"
+    result = run_cli(
+        "train", *data, "--classes", str(root / "classes.txt"), "--train-split", "trainval",
+        "--val-split", "trainval", "--max-steps", "1", "--epochs", "1", "--out", str(out),
+        "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # evaluate reads the annotations with the classes the checkpoint was trained on
+    result = run_cli("evaluate", str(out / "last.pt"), *data, "--split", "trainval", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "plum" in result.stdout and "kiwi" in result.stdout
+    result = run_cli("train", *data, "--classes", "plum,plum", "--out", str(out))
+    assert result.returncode == 1 and "names a class twice" in result.stderr

@@ -116,6 +116,27 @@ def test_runs_in_eval_mode_and_restores_training_mode(model, detector, image):
         model.eval()
 
 
+class Elsewhere:
+    """Not an ``nn.Module``: all a detector needs of a network run elsewhere (as ONNX)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.config, self.num_classes = model.config, model.num_classes
+        self.image_mean, self.image_std = model.image_mean, model.image_std
+        self.device = torch.device("cpu")
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(images)
+
+
+def test_takes_any_network_with_the_model_attributes(model, detector, image):
+    elsewhere = Detector(Elsewhere(model), NAMES, conf_threshold=0.05)
+    assert elsewhere.device == torch.device("cpu")
+    assert_same_result(elsewhere(image), detector(image))
+    with pytest.raises(ValueError, match=r"device must be None or cpu, got 'cuda'"):
+        Detector(Elsewhere(model), NAMES, device="cuda")
+
+
 def test_to_dicts_is_json_ready(detector, image):
     result = detector(image)
     dicts = json.loads(json.dumps(result.to_dicts()))

@@ -7,6 +7,7 @@ and a ``split``. This module turns them into one of the package's readers:
   its own seed, so ``"train"``, ``"val"`` and ``"test"`` images never repeat each other.
 * ``"voc"``: :class:`~ssd_tutorial.data.voc.VOCDetection`; ``root`` is a VOC year directory
   (``VOCdevkit/VOC2007``), ``split`` an image list of ``ImageSets/Main`` (``"trainval"``).
+  Your own data in the VOC layout names its ``classes``; Pascal VOC's 20 are the default.
 * ``"coco"``: :class:`~ssd_tutorial.data.coco.COCODetection` in COCO's own layout: images in
   ``root/{split}/`` and annotations in ``root/annotations/instances_{split}.json``
   (``split="val2017"``).
@@ -14,14 +15,14 @@ and a ``split``. This module turns them into one of the package's readers:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
 from ssd_tutorial.data.coco import COCODetection
 from ssd_tutorial.data.shapes import SyntheticShapes
-from ssd_tutorial.data.voc import VOCDetection
+from ssd_tutorial.data.voc import VOC_CLASSES, VOCDetection
 
 DATASET_KINDS: tuple[str, ...] = ("synthetic", "voc", "coco")
 
@@ -39,6 +40,7 @@ def open_dataset(
     image_size: int = 300,
     seed: int = 0,
     skip_invalid: bool = False,
+    classes: Sequence[str] | None = None,
 ) -> Dataset:
     """One split of a dataset, every item ``(image, target)`` as the readers give them.
 
@@ -51,6 +53,8 @@ def open_dataset(
         length, image_size, seed: size of the synthetic split, side of its images, and a seed
             added to the split's own (synthetic only).
         skip_invalid: VOC and COCO: warn about and leave out invalid images instead of raising.
+        classes: VOC only: the class names of the annotations, background excluded (default:
+            Pascal VOC's 20). Synthetic data has its own and COCO files list theirs.
 
     Each reader has ``class_names``: the background first, then the dataset's classes.
 
@@ -60,6 +64,10 @@ def open_dataset(
     """
     if kind not in DATASET_KINDS:
         raise ValueError(f"kind must be one of {DATASET_KINDS}, got {kind!r}")
+    if classes is not None and kind != "voc":
+        raise ValueError(
+            f"classes are given for VOC-layout data only; {kind} data names its own classes"
+        )
     if kind == "synthetic":
         if root is not None:
             raise ValueError(f"synthetic data is generated, it takes no root (got {root})")
@@ -77,7 +85,9 @@ def open_dataset(
     if not root.is_dir():
         raise FileNotFoundError(f"{kind} root {root} is not a directory")
     if kind == "voc":
-        return VOCDetection(root, split, transforms=transforms, skip_invalid=skip_invalid)
+        return VOCDetection(
+            root, split, classes or VOC_CLASSES, transforms=transforms, skip_invalid=skip_invalid
+        )
     annotations = root / "annotations" / f"instances_{split}.json"
     if not annotations.is_file():
         raise FileNotFoundError(
