@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from torchvision.models.detection import ssd300_vgg16
 from torchvision.ops import nms as torchvision_nms
 
+from ssd_tutorial import postprocess
 from ssd_tutorial.anchors import SSD300, default_boxes
 from ssd_tutorial.boxes import box_iou, center_to_corners, decode
 from ssd_tutorial.postprocess import Detections, detect, nms
@@ -372,3 +373,19 @@ def with_nan(t: torch.Tensor) -> torch.Tensor:
 def test_detect_rejects_bad_input(arguments, options, message):
     with pytest.raises(ValueError, match=message):
         detect(*arguments, **options)
+
+
+def test_rank_by_rank_nms_settles_chains_of_suppression_across_blocks():
+    # Box r overlaps box r + 1 (IoU 0.6) but not r + 2: greedy NMS keeps every other box, and
+    # whether box r survives depends on all the boxes before it, inside and across blocks.
+    lengths = [1, 5, 8, 9, 30, 3]
+    width = max(lengths)
+    shift = torch.arange(width, dtype=torch.float32) * 0.25 / 4
+    chain = torch.stack((shift, torch.zeros(width), shift + 0.25, torch.full((width,), 0.25)), 1)
+    boxes = chain.expand(len(lengths), -1, -1).clone()
+    keep = postprocess._nms_rank_by_rank(boxes, torch.tensor(lengths), 0.45)
+    for row, n in enumerate(lengths):
+        expected = torch.zeros(width, dtype=torch.bool)
+        expected[torchvision_nms(chain[:n], -torch.arange(n, dtype=torch.float32), 0.45)] = True
+        assert torch.equal(keep[row], expected), row
+        assert keep[row, :n].tolist() == [r % 2 == 0 for r in range(n)]
