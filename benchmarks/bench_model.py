@@ -2,8 +2,9 @@
 
 Run from the repository root: ``python benchmarks/bench_model.py [--quick]``.
 
-GFLOPs come from ``torch.utils.flop_counter.FlopCounterMode``, which counts a multiply-add as
-2 FLOPs (torchvision's model table, e.g. 34.858 "GFLOPS" for ssd300_vgg16, counts it as 1).
+GFLOPs come from ``ssd_tutorial.profiling.gflops_per_image`` (``FlopCounterMode``), which
+counts a multiply-add as 2 FLOPs (torchvision's model table, e.g. 34.858 "GFLOPS" for
+ssd300_vgg16, counts it as 1).
 Times are medians of the forward pass of one image (batch 1) on this machine's CPU, ours and
 torchvision's ``model.head(model.backbone(x))`` measured in the same process (same weights),
 in 21 short rounds (5 with ``--quick``): the table gives the best round of each (the one
@@ -19,17 +20,10 @@ import statistics
 
 import torch
 from timing import Comparison, compare, environment, median_seconds, table
-from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.detection import ssd300_vgg16
 
 from ssd_tutorial.model import build_ssd, count_parameters, from_torchvision
-
-
-def gflops_per_image(forward, image_size: int) -> float:
-    """FLOPs of ``forward`` on one ``3 x S x S`` image, in billions (2 per multiply-add)."""
-    with FlopCounterMode(display=False) as counter:
-        forward(torch.randn(1, 3, image_size, image_size))
-    return counter.get_total_flops() / 1e9
+from ssd_tutorial.profiling import gflops_per_image
 
 
 def main() -> None:
@@ -55,6 +49,7 @@ def main() -> None:
         ("ssd512", 21),
         ("ssd_tiny", 6),
         ("ssd_tiny", 21),
+        ("ssdlite320", 91),
     ):
         model = ours if name == "ssd300_coco" else build_ssd(name, num_classes).eval()
         size = model.config.image_size

@@ -5,7 +5,7 @@ Modules, in the order the book teaches them:
 * :mod:`ssd_tutorial.boxes`: box formats, IoU, offset encoding.
 * :mod:`ssd_tutorial.anchors`: default boxes and their configurations.
 * :mod:`ssd_tutorial.layers`: L2Norm.
-* :mod:`ssd_tutorial.backbones`: the VGG16-atrous base and the extra layers.
+* :mod:`ssd_tutorial.backbones`: the VGG16-atrous base, the extra layers, MobileNetV3.
 * :mod:`ssd_tutorial.model`: SSD, ``build_ssd``, conversion to and from torchvision.
 * :mod:`ssd_tutorial.preprocess`: resizing and normalising images for the network.
 * :mod:`ssd_tutorial.matching`: batched two-step matching of ground truth to default boxes.
@@ -13,6 +13,12 @@ Modules, in the order the book teaches them:
 * :mod:`ssd_tutorial.data`: synthetic shapes, VOC and COCO readers, SSD augmentation, collate.
 * :mod:`ssd_tutorial.train`: the training loop, schedules, checkpoints.
 * :mod:`ssd_tutorial.evaluate`: Pascal VOC mAP, COCO metrics, AP by object size.
+* :mod:`ssd_tutorial.postprocess`, :mod:`ssd_tutorial.detector`: from outputs to detections.
+* :mod:`ssd_tutorial.distributed`: training on several GPUs with ``torchrun``.
+* :mod:`ssd_tutorial.export`: ONNX export and running the exported model.
+* :mod:`ssd_tutorial.zoo`: small models trained on the spot for the book.
+* :mod:`ssd_tutorial.profiling`, :mod:`ssd_tutorial.ablation`,
+  :mod:`ssd_tutorial.anchor_clustering`: the discussion chapters' measurements.
 * :mod:`ssd_tutorial.explorer`: the interactive anchor explorer.
 """
 

@@ -8,6 +8,10 @@ ratio ``a`` in the map's list (for ``a`` and ``1/a``).
 The order of :func:`default_boxes` is the one of the reference implementation and of
 torchvision: feature map (largest first), then row, then column, then within a cell
 ``[s_k square, s'_k square, a_1, 1/a_1, a_2, 1/a_2, ...]``.
+
+A config may instead list each map's box shapes explicitly (``AnchorConfig.shapes``, e.g.
+shapes found by k-means in :mod:`ssd_tutorial.anchor_clustering`); the boxes of a cell then
+come in the order of that list.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ class AnchorConfig:
             The reference implementation clamps the centres too, which moves a few boxes: with
             ``step=32`` on SSD300's 10x10 map the last row and column sit at 9.5 * 32 / 300 =
             1.013, just outside the image.
+        shapes: optional, per map, the explicit ``(w, h)`` in pixels of the boxes of one cell,
+            in their order within the cell. When given they replace the squares and the
+            aspect-ratio pairs (any set of shapes, which the formula cannot express), and
+            ``min_sizes``/``max_sizes``/``aspect_ratios`` only describe the map in tables.
     """
 
     name: str
@@ -46,6 +54,7 @@ class AnchorConfig:
     max_sizes: tuple[float, ...]
     aspect_ratios: tuple[tuple[float, ...], ...]
     clip: bool = True
+    shapes: tuple[tuple[tuple[float, float], ...], ...] = ()
 
     def __post_init__(self) -> None:
         lengths = {
@@ -55,6 +64,8 @@ class AnchorConfig:
             "max_sizes": len(self.max_sizes),
             "aspect_ratios": len(self.aspect_ratios),
         }
+        if self.shapes:
+            lengths["shapes"] = len(self.shapes)
         if len(set(lengths.values())) != 1:
             raise ValueError(
                 f"AnchorConfig {self.name!r}: one entry per feature map is needed in every list, "
@@ -76,10 +87,18 @@ class AnchorConfig:
                     f"AnchorConfig {self.name!r}: aspect ratios are given as a >= 1 (1/a is added "
                     f"automatically), map {k} has {ratios}"
                 )
+        for k, shapes in enumerate(self.shapes):
+            if not shapes or any(len(wh) != 2 or not (min(wh) > 0) for wh in shapes):
+                raise ValueError(
+                    f"AnchorConfig {self.name!r}: shapes lists at least one positive (w, h) pair "
+                    f"per map, map {k} has {shapes}"
+                )
 
     @property
     def boxes_per_cell(self) -> tuple[int, ...]:
-        """``k`` for each map: two squares plus two boxes per aspect ratio."""
+        """``k`` for each map: two squares and two boxes per aspect ratio, or the shapes listed."""
+        if self.shapes:
+            return tuple(len(shapes) for shapes in self.shapes)
         return tuple(2 + 2 * len(ratios) for ratios in self.aspect_ratios)
 
     @property
@@ -155,6 +174,37 @@ def paper_config(
     )
 
 
+def resized_config(
+    config: AnchorConfig, image_size: int, feature_maps: tuple[int, ...], name: str | None = None
+) -> AnchorConfig:
+    """``config``'s default boxes for another input size: the same sizes relative to the image.
+
+    Every pixel size (``min_sizes``, ``max_sizes``, ``shapes``) is scaled by
+    ``image_size / config.image_size``, and the centres are spread evenly over the new maps
+    (``step = image_size / f_k``). ``feature_maps`` are the sizes the network's base gives at
+    ``image_size`` (see :func:`ssd_tutorial.model.config_for_size`), as many as ``config`` has.
+    """
+    if len(feature_maps) != len(config.feature_maps):
+        raise ValueError(
+            f"config {config.name!r} has {len(config.feature_maps)} feature maps, got "
+            f"{len(feature_maps)} sizes {tuple(feature_maps)} for {image_size} px"
+        )
+    if image_size <= 0:
+        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+    scale = image_size / config.image_size
+    return AnchorConfig(
+        name=name or f"{config.name}@{image_size}",
+        image_size=image_size,
+        feature_maps=tuple(feature_maps),
+        steps=tuple(image_size / f for f in feature_maps),
+        min_sizes=tuple(v * scale for v in config.min_sizes),
+        max_sizes=tuple(v * scale for v in config.max_sizes),
+        aspect_ratios=config.aspect_ratios,
+        clip=config.clip,
+        shapes=tuple(tuple((w * scale, h * scale) for w, h in m) for m in config.shapes),
+    )
+
+
 def default_boxes(
     config: AnchorConfig, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
 ) -> Tensor:
@@ -190,6 +240,8 @@ def feature_map_index(config: AnchorConfig, device: torch.device | str = "cpu") 
 
 def box_shapes(config: AnchorConfig) -> list[Tensor]:
     """Relative ``(w, h)`` of the boxes of one cell, per map: a list of ``Tensor[k, 2]``."""
+    if config.shapes:
+        return [torch.tensor(s, dtype=torch.float64) / config.image_size for s in config.shapes]
     shapes = []
     for min_size, max_size, ratios in zip(config.min_sizes, config.max_sizes, config.aspect_ratios):
         s_k = min_size / config.image_size
@@ -224,7 +276,11 @@ def anchor_table(config: AnchorConfig) -> list[dict[str, float | int | str]]:
                 "step": step,
                 "s_k": lo / config.image_size,
                 "s'_k": math.sqrt(lo * hi) / config.image_size,
-                "aspect ratios": ", ".join(["1", *(f"{r:g}, 1/{r:g}" for r in ratios)]),
+                "aspect ratios": (
+                    ", ".join(f"{w / h:.2g}" for w, h in config.shapes[k])
+                    if config.shapes
+                    else ", ".join(["1", *(f"{r:g}, 1/{r:g}" for r in ratios)])
+                ),
                 "boxes per cell": per_cell,
                 "boxes": f * f * per_cell,
             }
@@ -277,3 +333,15 @@ SSD_TINY = config_from_scales(
     ((2,), (2, 3), (2, 3), (2,), (2,)),
 )
 CONFIGS[SSD_TINY.name] = SSD_TINY
+
+#: torchvision's ``ssdlite320_mobilenet_v3_large``: 320 px, six maps from 20 x 20 (stride 16) down
+#: to 1 x 1, scales spread linearly from 0.2 to 0.95 (then 1.0 for the last s'_k box), ratios 2
+#: and 3 on every map: 6 boxes per cell, 3234 in all.
+SSDLITE320 = config_from_scales(
+    "SSDLITE320",
+    320,
+    (20, 10, 5, 3, 2, 1),
+    (0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.0),
+    ((2, 3),) * 6,
+)
+CONFIGS[SSDLITE320.name] = SSDLITE320

@@ -21,14 +21,21 @@ convolutions so the network stays fully convolutional, and makes them cheaper: f
 so fc6 is dilated ("atrous") to see as far as before.
 
 SSD512 has the same base and one more extra level (conv12): sources 64, 32, 16, 8, 4, 2, 1.
+
+SSDLite (:func:`ssdlite_features`) swaps VGG-16 for torchvision's MobileNetV3-Large and every
+3x3 conv of the extra layers for a depthwise-separable one; at 320 px its sources are
+``672 x 20 x 20`` (inside MobileNet's first stride-32 block), ``960 x 10 x 10`` (its last
+layer), then 512 x 5 x 5, 256 x 3 x 3, 256 x 2 x 2 and 128 x 1 x 1.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 from typing import Any
 
 from torch import Tensor, nn
+from torchvision.ops import Conv2dNormActivation
 
 from ssd_tutorial.layers import L2Norm
 
@@ -142,7 +149,18 @@ class VGGAtrous(nn.Module):
         return [conv4_3, fc7]
 
 
-class ExtraLayers(nn.Module):
+class LevelChain(nn.Module):
+    """Levels applied one after the other, each output a source map: the extra layers."""
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        sources = []
+        for level in self.children():
+            x = level(x)
+            sources.append(x)
+        return sources
+
+
+class ExtraLayers(LevelChain):
     """The extra feature layers: each level halves (or shrinks) the previous map.
 
     Level ``n`` (counting from ``first_level``, 8 in SSD) is ``conv{n}_1`` (1x1) and
@@ -182,13 +200,6 @@ class ExtraLayers(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 _xavier_init(module)
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        sources = []
-        for level in self.children():
-            x = level(x)
-            sources.append(x)
-        return sources
 
 
 class MultiScaleFeatures(nn.Module):
@@ -234,6 +245,176 @@ def tiny_features() -> MultiScaleFeatures:
         ((16,), (32,), (64,), (96,), (128,)), fc_channels=128, dilation=3, batch_norm=True
     )
     return MultiScaleFeatures(backbone, ExtraLayers(128, ((48, 96, 3, 2, 1),) * 3))
+
+
+#: SSDLite's extra levels (torchvision's ``ssdlite320_mobilenet_v3_large``): the output
+#: channels of each; every level halves the map, 10 -> 5 -> 3 -> 2 -> 1 at 320 px.
+SSDLITE_EXTRAS: tuple[int, ...] = (512, 256, 256, 128)
+
+#: Index in MobileNetV3-Large's ``features`` of the first block of the stride-16 stage (7) and of
+#: the stride-32 stage (13). Each starts with a 1x1 expansion layer that still sees the previous
+#: stage's finer map (240 and 672 channels); SSDLite reads its first source there.
+MOBILENET_STRIDE16_BLOCK = 7
+MOBILENET_STRIDE32_BLOCK = 13
+
+#: BatchNorm of the MobileNet parts, as in torchvision's SSDLite.
+_mobile_norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
+
+
+def separable_conv(
+    in_channels: int, out_channels: int, stride: int = 1, project_norm: bool = True
+) -> nn.Sequential:
+    """A depthwise-separable 3x3 convolution (MobileNet): ``depthwise``, then ``pointwise``.
+
+    ``depthwise`` is a 3x3 conv with one filter per channel (``groups = in_channels``) + BN +
+    ReLU6; ``pointwise`` a 1x1 conv that mixes the channels. Per output position that is
+    ``9 * in + in * out`` multiply-adds instead of a full 3x3 conv's ``9 * in * out``.
+
+    Args:
+        stride: of the depthwise conv (2 halves the map).
+        project_norm: BN + ReLU6 after the pointwise conv (feature layers); ``False`` gives a
+            plain conv with a bias (predictors, whose outputs are raw offsets and logits).
+
+    Shape:
+        ``[B, in_channels, H, W]`` -> ``[B, out_channels, ceil(H / stride), ceil(W / stride)]``.
+    """
+    if project_norm:
+        pointwise = Conv2dNormActivation(
+            in_channels, out_channels, 1, norm_layer=_mobile_norm, activation_layer=nn.ReLU6
+        )
+    else:
+        pointwise = nn.Conv2d(in_channels, out_channels, 1)
+    depthwise = Conv2dNormActivation(
+        in_channels,
+        in_channels,
+        3,
+        stride,
+        groups=in_channels,
+        norm_layer=_mobile_norm,
+        activation_layer=nn.ReLU6,
+    )
+    return nn.Sequential(OrderedDict([("depthwise", depthwise), ("pointwise", pointwise)]))
+
+
+class MobileNetV3Backbone(nn.Module):
+    """torchvision's MobileNetV3-Large feature layers, giving SSDLite's backbone sources.
+
+    MobileNetV3's blocks are inverted residuals: a 1x1 conv expands the channels (e.g. 112 to
+    672), a depthwise conv filters them (with stride 2 in the first block of a stage), a 1x1 conv
+    projects them back down. SSDLite (MobileNetV2 paper, section 6.2; MobileNetV3, section 6.3)
+    takes a source inside the first block of a stage, after its expansion layer: the map still
+    has the previous stage's resolution, and far more channels than that stage's output.
+
+    ``features`` is torchvision's ``mobilenet_v3_large().features`` unchanged (so ImageNet
+    weights load by name, :func:`load_mobilenet_v3_imagenet`); ``forward`` only reads the
+    expansion outputs on the way.
+
+    Args:
+        expansion_blocks: the blocks whose expansion output is a source, e.g.
+            ``(MOBILENET_STRIDE32_BLOCK,)`` for SSDLite320 (672 channels at stride 16);
+            :data:`MOBILENET_STRIDE16_BLOCK` adds a stride-8 source (240 channels).
+        reduced_tail: halve the channels of the last stage (last layer 480 instead of 960), as
+            torchvision's SSDLite does when it trains from scratch (MobileNetV3 paper, table 6).
+            ImageNet weights need the full tail.
+
+    Shape:
+        ``[B, 3, S, S]`` -> one ``[B, C, S / s, S / s]`` per expansion block (``s`` = 8 or 16),
+        then the last layer ``[B, 960, S / 32, S / 32]`` (sizes rounded up).
+    """
+
+    def __init__(
+        self,
+        expansion_blocks: tuple[int, ...] = (MOBILENET_STRIDE32_BLOCK,),
+        reduced_tail: bool = False,
+    ) -> None:
+        super().__init__()
+        from torchvision.models import mobilenet_v3_large
+
+        self.features = mobilenet_v3_large(
+            norm_layer=_mobile_norm, reduced_tail=reduced_tail
+        ).features
+        self.expansion_blocks = tuple(sorted(expansion_blocks))
+        self.reduced_tail = reduced_tail
+        for index in self.expansion_blocks:
+            if not 0 <= index < len(self.features) or not _expands_then_strides(
+                self.features[index]
+            ):
+                raise ValueError(
+                    f"expansion_blocks must be strided MobileNetV3-Large blocks such as "
+                    f"{MOBILENET_STRIDE16_BLOCK} or {MOBILENET_STRIDE32_BLOCK}, got {index}"
+                )
+        self.out_channels = [self.features[i].block[0].out_channels for i in self.expansion_blocks]
+        self.out_channels.append(self.features[-1].out_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Convs from N(0, 0.03), zero biases: torchvision's SSDLite trained from scratch."""
+        _normal_init(self.features)
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        sources, x, start = [], images, 0
+        for index in self.expansion_blocks:
+            layers = self.features[index].block
+            x = layers[0](self.features[start:index](x))  # the expansion layer's output
+            sources.append(x)
+            x = layers[1:](x)
+            start = index + 1
+        sources.append(self.features[start:](x))
+        return sources
+
+
+class SeparableExtraLayers(LevelChain):
+    """SSDLite's extra layers: each level a 1x1 conv to half its width, then a separable conv.
+
+    Level ``n`` (from 1) is ``extra{n}``: ``reduce`` (1x1 + BN + ReLU6 down to ``out / 2``
+    channels), then :func:`separable_conv` with stride 2 up to ``out`` channels, as in
+    torchvision's SSDLite. It replaces SSD's conv{n}_1 (1x1) and conv{n}_2 (full 3x3).
+
+    Args:
+        in_channels: channels of the map the first level reads.
+        out_channels: channels of each level's output, e.g. :data:`SSDLITE_EXTRAS`.
+
+    Shape:
+        ``[B, in_channels, H, W]`` -> one ``[B, out_channels[n], H_n, W_n]`` per level,
+        ``H_n = ceil(H_(n-1) / 2)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: tuple[int, ...]) -> None:
+        super().__init__()
+        self.out_channels = list(out_channels)
+        for n, out in enumerate(out_channels, start=1):
+            reduce = Conv2dNormActivation(
+                in_channels, out // 2, 1, norm_layer=_mobile_norm, activation_layer=nn.ReLU6
+            )
+            level = nn.Sequential(
+                OrderedDict([("reduce", reduce), ("separable", separable_conv(out // 2, out, 2))])
+            )
+            self.add_module(f"extra{n}", level)
+            in_channels = out
+        _normal_init(self)
+
+
+def ssdlite_features(reduced_tail: bool = False) -> MultiScaleFeatures:
+    """SSDLite320's base: MobileNetV3-Large (sources inside block 13 and at its last layer) and
+    four separable extra levels (:data:`SSDLITE_EXTRAS`). Sources at 320 px: 20, 10, 5, 3, 2, 1.
+
+    ``reduced_tail=True`` gives torchvision's ``ssdlite320_mobilenet_v3_large`` without
+    pretrained backbone exactly (same layers and parameter count).
+    """
+    backbone = MobileNetV3Backbone((MOBILENET_STRIDE32_BLOCK,), reduced_tail)
+    return MultiScaleFeatures(
+        backbone, SeparableExtraLayers(backbone.out_channels[-1], SSDLITE_EXTRAS)
+    )
+
+
+def ssdlite_tiny_features() -> MultiScaleFeatures:
+    """SSDLite at the tiny model's 128 px, with the tiny model's maps 16, 8, 4, 2, 1.
+
+    MobileNetV3-Large with a third source inside block 7 (240 x 16 x 16, stride 8, like
+    ssd_tiny's conv4_1 map) and two separable extra levels (256 x 2 x 2, 128 x 1 x 1).
+    """
+    backbone = MobileNetV3Backbone((MOBILENET_STRIDE16_BLOCK, MOBILENET_STRIDE32_BLOCK))
+    return MultiScaleFeatures(backbone, SeparableExtraLayers(backbone.out_channels[-1], (256, 128)))
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -325,6 +506,55 @@ def load_vgg16_imagenet(
     backbone.load_state_dict(ours, strict=False)
 
 
+def load_mobilenet_v3_imagenet(
+    backbone: MobileNetV3Backbone,
+    state_dict: dict[str, Tensor] | None = None,
+    progress: bool = True,
+) -> None:
+    """Copy ImageNet-trained MobileNetV3-Large weights into ``backbone``, in place.
+
+    ``backbone.features`` is torchvision's ``mobilenet_v3_large().features``, so its weights are
+    the ``features.*`` entries of the classifier's state dict; the classifier is dropped.
+
+    Args:
+        backbone: a :class:`MobileNetV3Backbone` with the full tail.
+        state_dict: a torchvision ``mobilenet_v3_large`` state dict. ``None`` downloads
+            ``MobileNet_V3_Large_Weights.IMAGENET1K_V1`` (22 MB, the backbone weights of
+            torchvision's SSDLite), which expects the ImageNet mean and std, as
+            :func:`ssd_tutorial.preprocess.preprocess` does.
+        progress: show a download progress bar.
+
+    Raises:
+        TypeError: if ``backbone`` is not a :class:`MobileNetV3Backbone`.
+        ValueError: if it has the reduced tail or ``state_dict`` does not fit.
+        WeightsUnavailableError: if ``state_dict`` is None and the download fails.
+    """
+    if not isinstance(backbone, MobileNetV3Backbone):
+        raise TypeError(
+            f"load_mobilenet_v3_imagenet needs a MobileNetV3Backbone (for an SSD: "
+            f"model.base.backbone), got {type(backbone).__name__}"
+        )
+    if backbone.reduced_tail:
+        raise ValueError("ImageNet weights have the full tail: build with reduced_tail=False")
+    if state_dict is None:
+        from torchvision.models import MobileNet_V3_Large_Weights
+
+        state_dict = fetch_state_dict(MobileNet_V3_Large_Weights.IMAGENET1K_V1, progress)
+    features = {
+        k[len("features.") :]: v for k, v in state_dict.items() if k.startswith("features.")
+    }
+    missing = [f"features.{k}" for k in backbone.features.state_dict() if k not in features]
+    if missing:
+        raise ValueError(
+            f"state_dict must be a torchvision mobilenet_v3_large state dict, missing "
+            f"{len(missing)} feature weights: {missing[:3]}"
+        )
+    try:
+        backbone.features.load_state_dict(features)
+    except RuntimeError as err:  # weights of other shapes, e.g. from a reduced tail
+        raise ValueError(f"state_dict does not fit MobileNetV3-Large's layers: {err}") from err
+
+
 def torchvision_vgg_indices(stages: tuple[tuple[int, ...], ...]) -> dict[str, int]:
     """Position of each conv (``"conv1_1"`` .. ``"conv5_3"``) in torchvision's ``vgg.features``.
 
@@ -354,6 +584,25 @@ def _vgg_stage(
         layers.append((f"relu{stage}_{i}", nn.ReLU(inplace=True)))
         in_channels = out_channels
     return layers
+
+
+def _expands_then_strides(block: nn.Module) -> bool:
+    """An inverted residual block that opens with a 1x1 expansion, then a depthwise conv of
+    stride 2. Such a block has no residual connection (its input has another size), so running
+    its layers one by one computes exactly what the block does."""
+    layers = getattr(block, "block", None)
+    if layers is None or len(layers) < 2:
+        return False
+    expand, depthwise = layers[0][0], layers[1][0]
+    return expand.kernel_size == (1, 1) and depthwise.groups > 1 and depthwise.stride == (2, 2)
+
+
+def _normal_init(module: nn.Module) -> None:
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d):
+            nn.init.normal_(conv.weight, std=0.03)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
 
 
 def _kaiming_init(conv: nn.Conv2d) -> None:

@@ -43,7 +43,7 @@ def _train(args: argparse.Namespace, device) -> int:
     from ssd_tutorial.train import PRESETS, TrainConfig, Trainer
 
     # The small model trains from scratch: SGD at the paper's 1e-3 would need hours on a CPU.
-    preset = args.preset or ("tiny_cpu" if args.model == "ssd_tiny" else None)
+    preset = args.preset or ("tiny_cpu" if args.model in ("ssd_tiny", "ssdlite_tiny") else None)
     settings = dict(PRESETS[preset]) if preset else {}
     given = {
         "epochs": args.epochs,
@@ -405,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help="a reference recipe (default: tiny_cpu for ssd_tiny, none for the others)",
+        help="a reference recipe (default: tiny_cpu for the 128 px models ssd_tiny and "
+        "ssdlite_tiny, none for the others)",
     )
     p.add_argument("--optimizer", choices=("sgd", "adamw"), help="default: sgd (or the preset's)")
     p.add_argument(

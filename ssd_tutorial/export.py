@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ssd_tutorial.anchors import AnchorConfig
-from ssd_tutorial.model import SSD, _check_images
+from ssd_tutorial.model import SSD, check_images
 
 #: Operator set written by default: the oldest the exporter writes, so the widest choice of
 #: runtimes (onnxruntime 1.14 and later) can load the file.
@@ -97,6 +97,7 @@ def export_onnx(
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, path)
     onnx.checker.check_model(str(path), full_check=True)
     return path
@@ -167,7 +168,7 @@ class OnnxSSD:
         Raises:
             ValueError: for a batch of another shape or an integer dtype.
         """
-        _check_images(images, self.config.image_size)
+        check_images(images, self.config.image_size)
         batch = images.detach().to("cpu", torch.float32).contiguous().numpy()
         loc, conf = self.session.run(["loc", "conf"], {"images": batch})
         return torch.from_numpy(loc), torch.from_numpy(conf)

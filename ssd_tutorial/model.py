@@ -12,6 +12,9 @@ flattening puts the predictions in the order of :func:`ssd_tutorial.anchors.defa
 map, row, column, box in the cell. ``loc`` holds offsets to be decoded with
 :func:`ssd_tutorial.boxes.decode`; ``conf`` holds raw logits, class 0 being the background.
 
+SSDLite (``build_ssd("ssdlite320", C)``) has the same structure with a MobileNetV3 base and
+depthwise-separable predictors (:class:`MultiBoxHead` with ``separable=True``).
+
 :func:`from_torchvision` and :func:`to_torchvision` convert weights from and to torchvision's
 ``ssd300_vgg16``, which has exactly the same layers.
 """
@@ -23,13 +26,27 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from ssd_tutorial.anchors import SSD300, SSD300_COCO, SSD512, SSD_TINY, AnchorConfig, default_boxes
+from ssd_tutorial.anchors import (
+    SSD300,
+    SSD300_COCO,
+    SSD512,
+    SSD_TINY,
+    SSDLITE320,
+    AnchorConfig,
+    default_boxes,
+    resized_config,
+)
 from ssd_tutorial.backbones import (
     SSD300_EXTRAS,
     SSD512_EXTRAS,
     VGG16_STAGES,
+    MobileNetV3Backbone,
     fetch_state_dict,
+    load_mobilenet_v3_imagenet,
     load_vgg16_imagenet,
+    separable_conv,
+    ssdlite_features,
+    ssdlite_tiny_features,
     tiny_features,
     torchvision_vgg_indices,
     vgg16_features,
@@ -49,6 +66,9 @@ class MultiBoxHead(nn.Module):
         in_channels: channels of each source map.
         boxes_per_cell: ``k`` for each source map (``config.boxes_per_cell``).
         num_classes: ``C``, background included.
+        separable: SSDLite's predictors: a depthwise-separable conv
+            (:func:`~ssd_tutorial.backbones.separable_conv`: 3x3 depthwise + BN + ReLU6, then
+            1x1) instead of a full 3x3 conv, about ``C_out`` times fewer multiply-adds.
 
     Shape:
         list of ``[B, in_channels[m], f_m, f_m]`` -> ``loc [B, P, 4]``, ``conf [B, P, C]`` with
@@ -56,16 +76,26 @@ class MultiBoxHead(nn.Module):
     """
 
     def __init__(
-        self, in_channels: list[int], boxes_per_cell: tuple[int, ...], num_classes: int
+        self,
+        in_channels: list[int],
+        boxes_per_cell: tuple[int, ...],
+        num_classes: int,
+        separable: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         pairs = list(zip(in_channels, boxes_per_cell))
-        self.loc = nn.ModuleList(nn.Conv2d(c, k * 4, 3, padding=1) for c, k in pairs)
-        self.conf = nn.ModuleList(nn.Conv2d(c, k * num_classes, 3, padding=1) for c, k in pairs)
-        for conv in (*self.loc, *self.conf):
-            nn.init.xavier_uniform_(conv.weight)
-            nn.init.zeros_(conv.bias)
+        if separable:
+            predictor = partial(separable_conv, project_norm=False)
+        else:
+            predictor = partial(nn.Conv2d, kernel_size=3, padding=1)
+        self.loc = nn.ModuleList(predictor(c, k * 4) for c, k in pairs)
+        self.conf = nn.ModuleList(predictor(c, k * num_classes) for c, k in pairs)
+        for conv in self.modules():
+            if isinstance(conv, nn.Conv2d):
+                nn.init.xavier_uniform_(conv.weight)
+                if conv.bias is not None:
+                    nn.init.zeros_(conv.bias)
 
     def forward(self, sources: list[Tensor]) -> tuple[Tensor, Tensor]:
         loc = torch.cat([_per_box(conv(x), 4) for conv, x in zip(self.loc, sources)], dim=1)
@@ -96,6 +126,7 @@ class SSD(nn.Module):
         image_mean, image_std: the normalisation the weights expect, for
             :func:`ssd_tutorial.preprocess.preprocess` (ImageNet statistics unless the weights
             come from torchvision's SSD, see :data:`TORCHVISION_MEAN`).
+        separable_head: SSDLite's depthwise-separable predictors (:class:`MultiBoxHead`).
 
     Attributes:
         config, num_classes, image_mean, image_std: as given.
@@ -111,6 +142,7 @@ class SSD(nn.Module):
         num_classes: int,
         image_mean: tuple[float, float, float] = IMAGENET_MEAN,
         image_std: tuple[float, float, float] = IMAGENET_STD,
+        separable_head: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -121,7 +153,9 @@ class SSD(nn.Module):
                 f"has {len(config.feature_maps)} feature maps"
             )
         self.base = base
-        self.head = MultiBoxHead(base.out_channels, config.boxes_per_cell, num_classes)
+        self.head = MultiBoxHead(
+            base.out_channels, config.boxes_per_cell, num_classes, separable=separable_head
+        )
         self.config = config
         self.num_classes = num_classes
         self.image_mean = tuple(image_mean)
@@ -138,13 +172,14 @@ class SSD(nn.Module):
             loc (Tensor[B, P, 4]): offsets ``(dcx, dcy, dw, dh)`` from each default box.
             conf (Tensor[B, P, C]): class logits; ``P = config.num_boxes``.
         """
-        _check_images(images, self.config.image_size)
+        check_images(images, self.config.image_size)
         sources = self.base(images)
         _check_sources(sources, self.config)
         return self.head(sources)
 
 
-def _check_images(images: Tensor, size: int) -> None:
+def check_images(images: Tensor, size: int) -> None:
+    """Raise ``ValueError`` unless ``images`` is a float ``[B, 3, size, size]`` batch."""
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (size, size):
         raise ValueError(
             f"images must be a normalised RGB batch of shape [B, 3, {size}, {size}] (resize "
@@ -166,12 +201,15 @@ def _check_sources(sources: list[Tensor], config: AnchorConfig) -> None:
         )
 
 
-#: The networks :func:`build_ssd` knows: name -> (base builder, default boxes).
+#: The networks :func:`build_ssd` knows: name -> (base builder, default boxes, separable heads).
 ARCHITECTURES = {
-    "ssd300": (partial(vgg16_features, SSD300_EXTRAS), SSD300),
-    "ssd300_coco": (partial(vgg16_features, SSD300_EXTRAS), SSD300_COCO),
-    "ssd512": (partial(vgg16_features, SSD512_EXTRAS), SSD512),
-    "ssd_tiny": (tiny_features, SSD_TINY),
+    "ssd300": (partial(vgg16_features, SSD300_EXTRAS), SSD300, False),
+    "ssd300_coco": (partial(vgg16_features, SSD300_EXTRAS), SSD300_COCO, False),
+    "ssd512": (partial(vgg16_features, SSD512_EXTRAS), SSD512, False),
+    "ssd_tiny": (tiny_features, SSD_TINY, False),
+    "ssdlite320": (ssdlite_features, SSDLITE320, True),
+    # the tiny model's input and default boxes, so the two compare network against network
+    "ssdlite_tiny": (ssdlite_tiny_features, SSD_TINY, True),
 }
 
 
@@ -180,22 +218,53 @@ def build_ssd(name: str, num_classes: int, pretrained_base: bool = False) -> SSD
 
     Args:
         name: ``"ssd300"`` (VOC default boxes, as the paper), ``"ssd300_coco"`` (torchvision's
-            default boxes; same layers), ``"ssd512"`` or ``"ssd_tiny"`` (128 px, 0.72M
-            parameters with 6 classes, 1.06M with 21, for CPU teaching).
+            default boxes; same layers), ``"ssd512"``, ``"ssd_tiny"`` (128 px, 0.72M
+            parameters with 6 classes, 1.06M with 21, for CPU teaching), ``"ssdlite320"``
+            (MobileNetV3-Large, separable extras and heads, :data:`SSDLITE320` boxes) or
+            ``"ssdlite_tiny"`` (the same parts at 128 px with ssd_tiny's default boxes).
         num_classes: ``C``, background included.
-        pretrained_base: load ImageNet VGG-16 weights into the base (downloads 528 MB; VGG
-            models only). Raises :class:`ssd_tutorial.backbones.WeightsUnavailableError` offline.
+        pretrained_base: load ImageNet weights into the backbone: VGG-16 (downloads 528 MB)
+            or MobileNetV3-Large (22 MB); ssd_tiny has none. Raises
+            :class:`ssd_tutorial.backbones.WeightsUnavailableError` offline.
     """
     if name not in ARCHITECTURES:
         raise ValueError(f"name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
-    make_base, config = ARCHITECTURES[name]
-    model = SSD(make_base(), config, num_classes)
+    make_base, config, separable_head = ARCHITECTURES[name]
+    model = SSD(make_base(), config, num_classes, separable_head=separable_head)
     model.architecture = name
     if pretrained_base:
         if name == "ssd_tiny":
-            raise ValueError("pretrained_base needs a VGG-16 model, ssd_tiny has its own base")
-        load_vgg16_imagenet(model.base.backbone)
+            raise ValueError(
+                "pretrained_base needs a VGG-16 model or a MobileNetV3, ssd_tiny has its own base"
+            )
+        if isinstance(model.base.backbone, MobileNetV3Backbone):
+            load_mobilenet_v3_imagenet(model.base.backbone)
+        else:
+            load_vgg16_imagenet(model.base.backbone)
     return model
+
+
+def config_for_size(base: nn.Module, template: AnchorConfig, image_size: int) -> AnchorConfig:
+    """Default boxes for ``base`` fed ``image_size`` px: ``template``'s, resized.
+
+    The feature map sizes come from one pass of a blank ``[1, 3, image_size, image_size]``
+    image through ``base`` in eval mode (so batch-norm statistics stay untouched); the boxes
+    keep their size relative to the image (:func:`ssd_tutorial.anchors.resized_config`). For
+    example the tiny base gives maps ``(16, 8, 4, 2, 1)`` at 128 px and ``(12, 6, 3, 2, 1)`` at
+    96 px.
+    """
+    if image_size <= 0:
+        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+    was_training = base.training
+    base.eval()
+    try:
+        with torch.no_grad():
+            parameter = next(base.parameters())
+            blank = parameter.new_zeros(1, 3, image_size, image_size)
+            sizes = tuple(source.shape[-1] for source in base(blank))
+    finally:
+        base.train(was_training)
+    return resized_config(template, image_size, sizes)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

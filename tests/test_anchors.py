@@ -169,3 +169,68 @@ def test_feature_map_index_follows_the_default_box_order():
     first = torch.cat((torch.tensor([0]), torch.bincount(index).cumsum(0)[:-1]))
     priors = A.default_boxes(A.SSD300)
     assert torch.equal(priors[first, 2], torch.tensor(A.SSD300.min_sizes) / 300)
+
+
+def test_explicit_shapes_replace_the_formula_boxes():
+    shapes = (((16.0, 32.0),), ((64.0, 32.0), (48.0, 48.0)))
+    config = A.AnchorConfig(
+        name="shapes",
+        image_size=128,
+        feature_maps=(2, 1),
+        steps=(64, 128),
+        min_sizes=(16, 48),
+        max_sizes=(32, 64),
+        aspect_ratios=((), ()),
+        shapes=shapes,
+    )
+    assert config.boxes_per_cell == (1, 2) and config.num_boxes == 2 * 2 * 1 + 1 * 1 * 2
+    expected = torch.tensor(
+        [
+            [0.25, 0.25, 0.125, 0.25],
+            [0.75, 0.25, 0.125, 0.25],
+            [0.25, 0.75, 0.125, 0.25],
+            [0.75, 0.75, 0.125, 0.25],
+            [0.5, 0.5, 0.5, 0.25],
+            [0.5, 0.5, 0.375, 0.375],
+        ],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(A.default_boxes(config, torch.float64), expected)
+    assert [r["aspect ratios"] for r in A.anchor_table(config)] == ["0.5", "2, 1"]
+
+
+@pytest.mark.parametrize(
+    ("shapes", "message"),
+    [
+        ((((10.0, 10.0),),) * 5, "one entry per feature map"),
+        ((((10.0, 10.0),),) * 5 + ((),), "at least one positive"),
+        ((((10.0, 0.0),),) * 6, "at least one positive"),
+    ],
+)
+def test_bad_shapes_are_rejected(shapes, message):
+    with pytest.raises(ValueError, match=message):
+        A.AnchorConfig(**{**A.SSD300.__dict__, "shapes": shapes})
+
+
+def test_resized_config_keeps_relative_sizes():
+    resized = A.resized_config(A.SSD_TINY, 96, (12, 6, 3, 2, 1))
+    assert resized.name == "SSD_TINY@96" and resized.image_size == 96
+    assert resized.steps == (8, 16, 32, 48, 96)
+    assert resized.scales == pytest.approx(A.SSD_TINY.scales)
+    assert resized.boxes_per_cell == A.SSD_TINY.boxes_per_cell
+    # the first map's boxes: same shapes, centres spread over the 12 x 12 grid
+    first = A.default_boxes(resized, torch.float64)[: 12 * 12 * 4].reshape(12, 12, 4, 4)
+    original = A.default_boxes(A.SSD_TINY, torch.float64)[:4]
+    torch.testing.assert_close(first[0, 0, :, 2:], original[:, 2:])
+    torch.testing.assert_close(first[11, 11, 0, :2], torch.tensor([11.5 / 12] * 2).double())
+
+
+def test_resized_config_scales_explicit_shapes():
+    config = A.AnchorConfig(**{**A.SSD_TINY.__dict__, "shapes": (((32.0, 16.0),),) * 5})
+    resized = A.resized_config(config, 256, (32, 16, 8, 4, 2), name="big")
+    assert resized.name == "big" and resized.shapes == (((64.0, 32.0),),) * 5
+
+
+def test_resized_config_needs_one_size_per_map():
+    with pytest.raises(ValueError, match="5 feature maps"):
+        A.resized_config(A.SSD_TINY, 96, (12, 6, 3))

@@ -192,3 +192,131 @@ def test_load_vgg16_imagenet_from_the_internet():
     B.load_vgg16_imagenet(backbone)  # downloads again through torch's cache
     assert torch.equal(backbone.conv1_to_conv4.conv1_1.weight, state_dict["features.0.weight"])
     assert torch.equal(backbone.conv5_to_fc7.fc7.bias, state_dict["classifier.3.bias"][::4])
+
+
+def _sizes(sources):
+    return [tuple(s.shape[1:]) for s in sources]
+
+
+def test_ssdlite_sources_have_torchvision_ssdlite_shapes():
+    base = B.ssdlite_features().eval()
+    with torch.no_grad():
+        sources = base(torch.randn(1, 3, 320, 320))
+    expected = [(672, 20, 20), (960, 10, 10), (512, 5, 5), (256, 3, 3), (256, 2, 2), (128, 1, 1)]
+    assert _sizes(sources) == expected
+    assert base.out_channels == [c for c, _, _ in expected]
+    reduced = B.ssdlite_features(reduced_tail=True)
+    assert reduced.out_channels == [672, 480, 512, 256, 256, 128]
+
+
+def test_ssdlite_tiny_sources_have_the_tiny_models_maps():
+    base = B.ssdlite_tiny_features().eval()
+    with torch.no_grad():
+        sources = base(torch.randn(2, 3, 128, 128))
+    assert _sizes(sources) == [(240, 16, 16), (672, 8, 8), (960, 4, 4), (256, 2, 2), (128, 1, 1)]
+
+
+def test_first_source_is_the_expansion_inside_the_first_stride_32_block():
+    backbone = B.MobileNetV3Backbone().eval()
+    x = torch.randn(1, 3, 160, 160)
+    block = backbone.features[B.MOBILENET_STRIDE32_BLOCK]
+    with torch.no_grad():
+        before = backbone.features[: B.MOBILENET_STRIDE32_BLOCK](x)  # 112 x 10 x 10, stride 16
+        expanded, last = backbone(x)
+        torch.testing.assert_close(expanded, block.block[0](before))
+        torch.testing.assert_close(last, backbone.features(x))  # the network's own output
+    assert before.shape[1:] == (112, 10, 10) and expanded.shape[1:] == (672, 10, 10)
+
+
+@pytest.mark.parametrize("index", [0, 3, 14, 16, 17])
+def test_mobilenet_sources_must_be_expanding_strided_blocks(index):
+    with pytest.raises(
+        ValueError, match=rf"must be strided MobileNetV3-Large blocks .* got {index}"
+    ):
+        B.MobileNetV3Backbone((index,))
+
+
+def test_separable_conv_is_a_depthwise_then_a_pointwise_conv():
+    conv = B.separable_conv(16, 32, stride=2)
+    depthwise, pointwise = conv.depthwise[0], conv.pointwise[0]
+    assert depthwise.groups == depthwise.in_channels == depthwise.out_channels == 16
+    assert depthwise.kernel_size == (3, 3) and depthwise.stride == (2, 2)
+    assert pointwise.kernel_size == (1, 1) and pointwise.groups == 1
+    # weights 9 * 16 + 16 * 32, no conv biases (each conv is batch-normalised), 2 BN: 2 * (16 + 32)
+    assert sum(p.numel() for p in conv.parameters()) == 9 * 16 + 16 * 32 + 2 * (16 + 32)
+    assert conv(torch.randn(2, 16, 7, 7)).shape == (2, 32, 4, 4)
+    predictor = B.separable_conv(16, 24, project_norm=False)
+    assert isinstance(predictor.pointwise, nn.Conv2d) and predictor.pointwise.bias is not None
+
+
+def test_ssdlite_extras_use_separable_convs():
+    extras = B.ssdlite_features().extras
+    depthwise = [
+        m for m in extras.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
+    ]
+    assert len(depthwise) == len(B.SSDLITE_EXTRAS)
+    for conv in depthwise:
+        assert conv.groups == conv.in_channels == conv.out_channels and conv.stride == (2, 2)
+    others = [m for m in extras.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (3, 3)]
+    assert all(m.kernel_size == (1, 1) for m in others)
+
+
+@pytest.fixture(scope="module")
+def torchvision_mobilenet():
+    from torchvision.models import mobilenet_v3_large
+
+    torch.manual_seed(0)
+    model = mobilenet_v3_large(weights=None)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.bias.normal_()  # zero after torchvision's init: randomise so it is checked
+    return model
+
+
+def test_load_mobilenet_v3_imagenet_copies_the_feature_layers(torchvision_mobilenet):
+    backbone = B.MobileNetV3Backbone()
+    B.load_mobilenet_v3_imagenet(backbone, torchvision_mobilenet.state_dict())
+    ours = backbone.features.state_dict()
+    theirs = torchvision_mobilenet.features.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_load_mobilenet_v3_imagenet_rejects_what_does_not_fit(torchvision_mobilenet):
+    weights = torchvision_mobilenet.state_dict()
+    with pytest.raises(TypeError, match=r"needs a MobileNetV3Backbone.*got VGGAtrous"):
+        B.load_mobilenet_v3_imagenet(B.VGGAtrous(), weights)
+    with pytest.raises(ValueError, match="full tail"):
+        B.load_mobilenet_v3_imagenet(B.MobileNetV3Backbone(reduced_tail=True), weights)
+    incomplete = {k: v for k, v in weights.items() if not k.startswith("features.16.")}
+    with pytest.raises(
+        ValueError, match=r"mobilenet_v3_large state dict, missing 6 .*features\.16\.0\.weight"
+    ):
+        B.load_mobilenet_v3_imagenet(B.MobileNetV3Backbone(), incomplete)
+
+
+def test_pretrained_ssdlite_fails_cleanly_offline(monkeypatch):
+    from torchvision.models import MobileNet_V3_Large_Weights
+
+    from ssd_tutorial.model import build_ssd
+
+    def unreachable(self, progress, check_hash):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(MobileNet_V3_Large_Weights, "get_state_dict", unreachable)
+    with pytest.raises(B.WeightsUnavailableError, match="could not download MobileNet_V3_Large"):
+        build_ssd("ssdlite320", 21, pretrained_base=True)
+
+
+@pytest.mark.slow
+def test_load_mobilenet_v3_imagenet_from_the_internet():
+    from torchvision.models import MobileNet_V3_Large_Weights
+
+    try:
+        state_dict = B.fetch_state_dict(MobileNet_V3_Large_Weights.IMAGENET1K_V1, progress=False)
+    except B.WeightsUnavailableError as err:
+        pytest.skip(f"offline: {err}")
+    backbone = B.MobileNetV3Backbone()
+    B.load_mobilenet_v3_imagenet(backbone)  # downloads again through torch's cache
+    assert torch.equal(backbone.features[0][0].weight, state_dict["features.0.0.weight"])

@@ -255,3 +255,120 @@ def test_load_torchvision_coco_from_the_internet():
     assert model.num_classes == 91
     torch.testing.assert_close(loc, expected["bbox_regression"], rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(conf, expected["cls_logits"], rtol=1e-4, atol=1e-3)
+
+
+def test_ssdlite320_predicts_one_row_per_default_box():
+    model = build_ssd("ssdlite320", 21).eval()
+    with torch.no_grad():
+        loc, conf = model(torch.randn(2, 3, 320, 320))
+    config = anchors.SSDLITE320
+    assert model.config is config and config.boxes_per_cell == (6,) * 6
+    assert config.num_boxes == 6 * (20 * 20 + 10 * 10 + 5 * 5 + 3 * 3 + 2 * 2 + 1) == 3234
+    assert loc.shape == (2, 3234, 4) and conf.shape == (2, 3234, 21)
+    assert len(anchors.default_boxes(config)) == 3234
+
+
+def test_ssdlite320_default_boxes_equal_torchvision_ssdlite():
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+    from torchvision.models.detection.image_list import ImageList
+
+    from ssd_tutorial.boxes import center_to_corners
+
+    # the generator of torchvision's ssdlite320_mobilenet_v3_large
+    generator = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.2, max_ratio=0.95)
+    images = ImageList(torch.zeros(1, 3, 320, 320), [(320, 320)])
+    features = [torch.zeros(1, 1, f, f) for f in anchors.SSDLITE320.feature_maps]
+    theirs = generator(images, features)[0] / 320
+    ours = center_to_corners(anchors.default_boxes(anchors.SSDLITE320))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_ssdlite_heads_are_depthwise_separable():
+    model = build_ssd("ssdlite320", 21)
+    for predictors, width in ((model.head.loc, 4), (model.head.conf, 21)):
+        for predictor, channels in zip(predictors, model.base.out_channels):
+            depthwise, pointwise = predictor.depthwise[0], predictor.pointwise
+            assert depthwise.groups == depthwise.in_channels == depthwise.out_channels == channels
+            assert depthwise.kernel_size == (3, 3) and depthwise.bias is None
+            assert pointwise.kernel_size == (1, 1) and pointwise.out_channels == 6 * width
+    plain = build_ssd("ssd_tiny", 21).head.loc[0]
+    assert isinstance(plain, nn.Conv2d) and plain.groups == 1
+
+
+@pytest.fixture(scope="module")
+def torchvision_ssdlite():
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
+    torch.manual_seed(0)
+    return ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None).eval()
+
+
+def _ssdlite_like_torchvision() -> SSD:
+    """Ours with the reduced tail that torchvision's SSDLite uses without pretrained weights."""
+    from ssd_tutorial.backbones import ssdlite_features
+
+    return SSD(ssdlite_features(reduced_tail=True), anchors.SSDLITE320, 91, separable_head=True)
+
+
+def test_ssdlite_parameter_counts_against_torchvision(torchvision_ssdlite):
+    # torchvision's model table: 3.44M parameters; it reduces the tail (the last stage at half
+    # width) when no ImageNet backbone is loaded, and so does ours when asked to
+    assert count_parameters(torchvision_ssdlite) == 3_440_060
+    assert count_parameters(_ssdlite_like_torchvision()) == 3_440_060
+    # ssdlite320 keeps the full tail, so that ImageNet weights fit: the difference is the last
+    # three blocks and last layer at full width, and what reads that layer's 960 channels
+    # instead of 480: the first extra level (a 1x1 conv to 256 channels, no bias) and the two
+    # predictors of the second map (a 3x3 depthwise + BN each, 1x1 convs to 6 * 4 and 6 * 91)
+    from torchvision.models import mobilenet_v3_large
+
+    tail = count_parameters(mobilenet_v3_large().features) - count_parameters(
+        mobilenet_v3_large(reduced_tail=True).features
+    )
+    full = count_parameters(build_ssd("ssdlite320", 91))
+    assert full - 3_440_060 == tail + (960 - 480) * (256 + 2 * (9 + 2) + 6 * 4 + 6 * 91)
+
+
+def test_ssdlite_with_reduced_tail_equals_torchvision_ssdlite(torchvision_ssdlite):
+    ours = _randomize(_ssdlite_like_torchvision(), seed=2).eval()
+    theirs = torchvision_ssdlite
+    # Both list their tensors in the same order (torchvision only nests the MobileNet blocks
+    # differently); heads: our loc/conf are its regression/classification heads.
+    pairs = [
+        (ours.base, theirs.backbone),
+        (ours.head.loc, theirs.head.regression_head.module_list),
+        (ours.head.conf, theirs.head.classification_head.module_list),
+    ]
+    for mine, their_part in pairs:
+        source, target = mine.state_dict(), their_part.state_dict()
+        assert [v.shape for v in source.values()] == [v.shape for v in target.values()]
+        their_part.load_state_dict(dict(zip(target, source.values())))
+    x = torch.randn(2, 3, 320, 320)
+    with torch.no_grad():
+        expected = theirs.head(list(theirs.backbone(x).values()))
+        loc, conf = ours(x)
+    for got, want in ((loc, expected["bbox_regression"]), (conf, expected["cls_logits"])):
+        assert want.abs().max() > 0.1  # not trivially small
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max())
+
+
+@pytest.mark.parametrize("name", ["ssdlite320", "ssdlite_tiny"])
+def test_ssdlite_round_trips_through_a_checkpoint(tmp_path, name):
+    from ssd_tutorial.train import TrainConfig, Trainer, load_model
+
+    torch.manual_seed(0)
+    model = _randomize(build_ssd(name, 9), seed=3)
+    Trainer(model, TrainConfig(), device="cpu", progress=False).save_checkpoint(tmp_path / "m.pt")
+    loaded, _ = load_model(tmp_path / "m.pt")
+    assert loaded.architecture == name and loaded.config is model.config
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict(), rtol=0, atol=0)
+    x = torch.randn(1, 3, model.config.image_size, model.config.image_size)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_ssdlite_tiny_shares_the_tiny_models_default_boxes():
+    model = build_ssd("ssdlite_tiny", 9).eval()
+    with torch.no_grad():
+        loc, conf = model(torch.randn(2, 3, 128, 128))
+    assert model.config is anchors.SSD_TINY
+    assert loc.shape == (2, 1524, 4) and conf.shape == (2, 1524, 9)

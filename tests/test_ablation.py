@@ -1,0 +1,112 @@
+import pytest
+import torch
+
+from ssd_tutorial import ablation
+from ssd_tutorial.anchors import SSD_TINY
+from ssd_tutorial.backbones import tiny_features
+from ssd_tutorial.data.sizes import LARGE_AREA, SMALL_AREA
+from ssd_tutorial.data.transforms import train_transforms
+from ssd_tutorial.model import SSD, build_ssd, config_for_size
+
+
+@pytest.mark.parametrize(("ratios", "per_cell"), [((), 2), ((2,), 4), ((2, 3), 6)])
+def test_with_ratios_puts_the_same_ratios_on_every_map(ratios, per_cell):
+    config = ablation.with_ratios(SSD_TINY, ratios)
+    assert config.boxes_per_cell == (per_cell,) * 5
+    assert config.num_boxes == per_cell * (256 + 64 + 16 + 4 + 1)
+    assert config.feature_maps == SSD_TINY.feature_maps and config.scales == SSD_TINY.scales
+
+
+def test_with_ratios_names_the_set():
+    assert ablation.with_ratios(SSD_TINY, (2, 3)).name == "{1, 2, 3}"
+    assert ablation.with_ratios(SSD_TINY, ()).name == "{1}"
+
+
+def test_with_ratios_rejects_explicit_shapes():
+    config = SSD_TINY.__class__(**{**SSD_TINY.__dict__, "shapes": (((8.0, 8.0),),) * 5})
+    with pytest.raises(ValueError, match="explicit shapes"):
+        ablation.with_ratios(config, (2,))
+
+
+def test_augmentation_ablation_switches_known_steps():
+    for switches in ablation.AUGMENTATION_ABLATION.values():
+        train_transforms(128, **switches)  # an unknown switch would raise TypeError
+    assert ablation.AUGMENTATION_ABLATION["all"] == {}
+    assert not any(ablation.AUGMENTATION_ABLATION["none"].values())
+
+
+def test_size_buckets_cover_all_areas_at_the_package_thresholds():
+    buckets = ablation.SIZE_BUCKETS
+    assert buckets["small"] == (0.0, SMALL_AREA) and buckets["large"] == (LARGE_AREA, 1.0)
+    assert (
+        buckets["small"][1] == buckets["medium"][0] and buckets["medium"][1] == buckets["large"][0]
+    )
+
+
+def test_tiny_ssd_builds_like_the_zoo_unless_seeded():
+    torch.manual_seed(0)
+    default = ablation.tiny_ssd()(9)
+    torch.manual_seed(0)
+    reference = build_ssd("ssd_tiny", 9)
+    torch.testing.assert_close(default.state_dict(), reference.state_dict(), rtol=0, atol=0)
+    torch.manual_seed(0)
+    seeded = ablation.tiny_ssd(seed=1)(9)
+    assert not torch.equal(seeded.head.conf[0].weight, reference.head.conf[0].weight)
+
+
+def test_tiny_ssd_at_another_size_resizes_the_default_boxes():
+    model = ablation.tiny_ssd(image_size=96)(9)
+    assert model.config.image_size == 96 and model.config.feature_maps == (12, 6, 3, 2, 1)
+    loc, conf = model(torch.zeros(2, 3, 96, 96))
+    assert loc.shape == (2, model.config.num_boxes, 4) and conf.shape[-1] == 9
+
+
+def test_config_for_size_reads_the_maps_and_leaves_the_base_as_it_was():
+    base = tiny_features()
+    running_mean = base.backbone.conv1_to_conv4.bn1_1.running_mean.clone()
+    config = config_for_size(base, SSD_TINY, 256)
+    assert config.feature_maps == (32, 16, 8, 4, 2) and config.image_size == 256
+    assert base.training
+    torch.testing.assert_close(base.backbone.conv1_to_conv4.bn1_1.running_mean, running_mean)
+    assert config_for_size(base, SSD_TINY, 128).feature_maps == SSD_TINY.feature_maps
+    with pytest.raises(ValueError, match="positive number of pixels"):
+        config_for_size(base, SSD_TINY, 0)
+
+
+def test_evaluate_variant_reports_overall_and_per_size_map():
+    torch.manual_seed(0)
+    model = SSD(tiny_features(), SSD_TINY, 9).eval()
+    metrics = ablation.evaluate_variant(model, num_images=4, batch_size=2)
+    assert 0 <= metrics["map"] <= 1
+    buckets = [k for k in metrics if k.startswith("map_")]
+    assert buckets and all(b.removeprefix("map_") in ablation.SIZE_BUCKETS for b in buckets)
+    assert all(metrics[f"objects_{b.removeprefix('map_')}"] > 0 for b in buckets)
+
+
+def test_detection_latency_is_a_positive_time():
+    model = SSD(tiny_features(), SSD_TINY, 9)
+    assert 0 < ablation.detection_latency(model, batch_size=2, repeats=2) < 10
+    with pytest.raises(ValueError, match="repeats"):
+        ablation.detection_latency(model, repeats=0)
+
+
+@pytest.mark.slow
+def test_run_variant_trains_once_and_evaluates(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSD_TUTORIAL_CACHE", str(tmp_path))
+    build = ablation.tiny_ssd(ablation.with_ratios(SSD_TINY, ()))
+    metrics = ablation.run_variant(
+        "squares", 1, build=build, augmentations={"flip": False}, num_images=4, progress=False
+    )
+    assert metrics["boxes"] == 2 * 341 and metrics["image_size"] == 128
+    assert 0 <= metrics["map"] <= 1 and metrics["latency_ms"] > 0
+    assert (tmp_path / "squares_shapes_1_steps" / "model.pt").is_file()
+
+
+def test_results_table_lines_up_variants_and_metrics():
+    results = {"all": {"map": 0.5, "boxes": 1524}, "no flip": {"map": 0.25}}
+    table = ablation.results_table(results, ["map", "boxes"])
+    assert table.splitlines() == [
+        "variant    map  boxes",
+        "all      0.500   1524",
+        "no flip  0.250      -",
+    ]
