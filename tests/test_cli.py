@@ -134,3 +134,27 @@ def test_train_and_evaluate_own_classes_in_the_voc_layout(tmp_path):
     assert "plum" in result.stdout and "kiwi" in result.stdout
     result = run_cli("train", *data, "--classes", "plum,plum", "--out", str(out))
     assert result.returncode == 1 and "names a class twice" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["ssd512", "ssdlite320"])
+def test_the_other_architectures_train_and_evaluate_through_the_same_commands(tmp_path, model):
+    run = (
+        "--data",
+        "synthetic",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--quiet",
+        "--val-size",
+        "2",
+    )
+    out = tmp_path / model
+    result = run_cli(
+        "train", *run, "--model", model, "--train-size", "2", "--max-steps", "1", "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    result = run_cli("evaluate", str(out / "last.pt"), *run)
+    assert result.returncode == 0, result.stderr
+    assert "mAP (VOC07 11-point)" in result.stdout
