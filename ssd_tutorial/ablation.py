@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
@@ -28,6 +27,7 @@ from ssd_tutorial.data.transforms import collate
 from ssd_tutorial.evaluate import ap_by_size, predict, voc_map
 from ssd_tutorial.model import SSD, config_for_size
 from ssd_tutorial.postprocess import detect
+from ssd_tutorial.profiling import time_ms
 from ssd_tutorial.zoo import shapes_data, shapes_model
 
 #: Object-size buckets by box area relative to the image (:mod:`ssd_tutorial.data.sizes`):
@@ -170,16 +170,14 @@ def detection_latency(
     images = collate([val[i] for i in range(batch_size)]).images.to(device)
     priors = default_boxes(model.config, device=device)
     model.eval()
-    times = []
-    for run in range(repeats + 2):
-        start = time.perf_counter()
+
+    def step() -> None:
         loc, conf = model(images)
         detect(loc, conf, priors, **detect_options)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if run >= 2:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
+    for _ in range(2):
+        step()
+    return statistics.median(time_ms(step, device) for _ in range(repeats)) / 1000
 
 
 def results_table(results: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> str:

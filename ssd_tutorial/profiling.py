@@ -132,7 +132,7 @@ def profile_stages(
         times: dict[str, list[float]] = {name: [] for name in steps}
         for _ in range(runs):
             for name, step in steps.items():
-                times[name].append(_time_ms(step, images.device))
+                times[name].append(time_ms(step, images.device))
     medians = {name: statistics.median(values) for name, values in times.items()}
     total = medians.pop("whole pass")
     return StageProfile(medians, total, str(images.device), len(images))
@@ -147,9 +147,7 @@ def forward_latency_ms(
     with _eval_mode(model), torch.inference_mode():
         for _ in range(warmup):
             model(images)
-        return statistics.median(
-            _time_ms(lambda: model(images), images.device) for _ in range(runs)
-        )
+        return statistics.median(time_ms(lambda: model(images), images.device) for _ in range(runs))
 
 
 def gflops_per_image(
@@ -197,7 +195,7 @@ def _random_images(model: nn.Module, batch_size: int) -> Tensor:
     return torch.randn(batch_size, 3, size, size, device=parameter.device, dtype=parameter.dtype)
 
 
-def _time_ms(step: Callable[[], object], device: torch.device) -> float:
+def time_ms(step: Callable[[], object], device: torch.device) -> float:
     """Wall time of ``step()`` in milliseconds, waiting for CUDA kernels to finish."""
     _synchronize(device)
     start = time.perf_counter()
