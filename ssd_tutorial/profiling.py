@@ -117,6 +117,7 @@ def profile_stages(
     priors = default_boxes(model.config, device=images.device)
     with _eval_mode(model), torch.inference_mode():
         loc, conf = model(images)  # checks the images too
+        images = model.input_format(images)  # as the model's forward hands them to the base
         sources = base.backbone(images)
         all_sources = sources + base.extras(sources[-1])
         steps: dict[str, Callable[[], object]] = {

@@ -63,7 +63,6 @@ class TrainConfig:
         amp: mixed precision on CUDA: ``"bf16"``, ``"fp16"`` (with gradient scaling) or
             ``None``; ignored on other devices.
         compile: run the model through ``torch.compile``.
-        channels_last: use the channels-last memory format (faster convolutions on GPUs).
         sync_bn: under several processes, compute batch-norm statistics over the global batch
             (``SyncBatchNorm``, CUDA only) instead of each process's shard; no effect in one
             process.
@@ -84,7 +83,6 @@ class TrainConfig:
     grad_clip: float | None = None
     amp: str | None = "bf16"
     compile: bool = False
-    channels_last: bool = False
     sync_bn: bool = False
     seed: int = 0
     log_every: int = 10
@@ -247,8 +245,6 @@ class Trainer:
         start = time.perf_counter()
         images, boxes, labels = batch[0], batch[1], batch[2]
         images = images.to(self.device, non_blocking=True)
-        if self.config.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         boxes = [b.to(self.device, non_blocking=True) for b in boxes]
         labels = [t.to(self.device, non_blocking=True) for t in labels]
         with torch.autocast(
@@ -445,7 +441,7 @@ def _tensorboard_writer(out_dir: Path | None) -> Any:
 
 
 def _prepare_model(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
-    """``model`` on ``device``, with ``SyncBatchNorm`` and channels-last if the config asks."""
+    """``model`` on ``device``, with ``SyncBatchNorm`` if the config asks."""
     if config.sync_bn and distributed.world_size() > 1:
         if device.type != "cuda":
             raise ValueError(
@@ -453,10 +449,7 @@ def _prepare_model(model: nn.Module, config: TrainConfig, device: torch.device) 
                 "implementation); train without it, each process then normalises its own shard"
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return model.to(device)
 
 
 def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:

@@ -126,6 +126,11 @@ def freeze_batch_norm(model: nn.Module) -> nn.Module:
 def tiny_trainer(seed: int, config: TrainConfig = CONFIG, **kwargs) -> Trainer:
     torch.manual_seed(seed)
     model = freeze_batch_norm(build_ssd("ssd_tiny", len(CLASS_NAMES)))
+    # Channels-last convolutions sum weight gradients over the batch in an order that depends
+    # on its size, 2 or 4 images, and the weights of the two runs then differ by up to 2e-5
+    # after three steps. In the contiguous format they agree to 1e-6, which keeps the test
+    # sharp: it is about splitting the batch, not about memory formats.
+    model.channels_last = False
     return Trainer(model, config, device="cpu", progress=False, class_names=CLASS_NAMES, **kwargs)
 
 

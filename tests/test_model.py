@@ -119,15 +119,24 @@ def test_every_parameter_gets_a_gradient():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_channels_last_gives_the_same_output(tiny):
+def test_base_runs_channels_last_by_default_with_the_same_output():
+    torch.manual_seed(0)
+    model = build_ssd("ssd_tiny", 6).eval()
+    seen = []
+    model.base.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
-        loc, conf = tiny(x)
-        loc_cl, conf_cl = tiny(x.to(memory_format=torch.channels_last))
+        loc, conf = model(x)
+        model.channels_last = False
+        loc_nchw, conf_nchw = model(x)
+        # Weights in channels-last too: the input format alone decides nothing then.
         model_cl = build_ssd("ssd_tiny", 6).to(memory_format=torch.channels_last).eval()
-        model_cl.load_state_dict(tiny.state_dict())
-        loc_both, conf_both = model_cl(x.to(memory_format=torch.channels_last))
-    for a, b in ((loc, loc_cl), (conf, conf_cl), (loc, loc_both), (conf, conf_both)):
+        model_cl.load_state_dict(model.state_dict())
+        loc_both, conf_both = model_cl(x)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    assert not seen[0].is_contiguous()
+    assert seen[1].is_contiguous()
+    for a, b in ((loc, loc_nchw), (conf, conf_nchw), (loc, loc_both), (conf, conf_both)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
