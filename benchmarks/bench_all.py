@@ -6,7 +6,7 @@ Run from the repository root::
     make bench QUICK=0                               # longer timings, the same rows
     python benchmarks/bench_all.py --quick           # print the table only
     python benchmarks/bench_all.py --threads 1       # steadier on a shared machine
-    python benchmarks/bench_all.py --device cuda --bf16 --channels-last
+    python benchmarks/bench_all.py --device cuda --bf16 --throughput --write
 
 Every row times ours and torchvision's on the same inputs, one after the other, with
 ``torch.utils.benchmark`` (a warm-up, then medians; the CUDA queue is synchronised). The
@@ -39,6 +39,17 @@ boxes are then confidently background and some thousands of candidates per image
 (the script prints how many). Random weights alone would put nearly all 8732 x 90 candidates
 above 0.01 and time little but NMS.
 
+Memory format: our SSD hands its base channels-last input by default (``SSD.channels_last``),
+torchvision's runs in the contiguous format unless asked. The SSD300 rows compare the two as
+they come, and each is followed by an information row, without a target, in which
+torchvision's model runs channels-last too: the like-for-like comparison of everything else.
+
+On CUDA two more rows time matching and the loss at batch 256 (the GPU target: 10x
+torchvision's loop over images), and ``--throughput`` adds a second table: images per second
+of inference (with post-processing) and of training steps at several batch sizes (1, 8, 64
+and 256 on CUDA, 1 and 8 on the CPU; ``--batches`` to choose), ours and torchvision's, with
+the peak CUDA memory of each.
+
 ``--quick`` takes one timing round with short runs (the SSD300 rows: one timed call per side
 after the warm-up); the full run takes the best of three rounds of longer runs.
 """
@@ -47,12 +58,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import os
 import platform
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,7 +73,7 @@ from bench_matching_loss import make_batch
 from bench_matching_loss import tasks as matching_loss_tasks
 from bench_postprocess import check_same, trained_like_logits
 from bench_postprocess import torchvision_ssd as postprocess_ssd
-from timing import Comparison, best_of_rounds, environment
+from timing import Comparison, best_of_rounds, environment, median_seconds
 from torch import nn
 from torchvision.models.detection import ssd300_vgg16
 
@@ -78,7 +91,10 @@ BACKGROUND_BIAS = 10.0
 COCO_CLASSES = 91
 
 Tasks = dict[str, tuple[Callable[[], object], Callable[[], object]]]
-#: The least speed-up each row aims at (for training: throughput; for inference: latency).
+#: Suffix of the information rows in which torchvision's SSD300 runs channels-last too.
+BOTH_CHANNELS_LAST = " (both channels-last)"
+#: The least speed-up each row aims at (for training: throughput; for inference: latency);
+#: rows not listed are for information.
 TARGETS = {
     "matching + encoding, batch 32": 1.0,
     "loss, forward + backward, batch 32": 1.0,
@@ -87,39 +103,72 @@ TARGETS = {
     "inference SSD300, batch 1": 1.0,
     "inference SSD300, batch 8": 1.0,
 }
+#: On a GPU (the targets were set for an H100): the loss with its matching 10x faster than
+#: torchvision's loop over images at batch 256, and training 1.3x torchvision's throughput.
+CUDA_TARGETS = {
+    "matching + encoding, batch 32": 1.0,
+    "matching + encoding, batch 256": 10.0,
+    "loss, forward + backward, batch 32": 1.0,
+    "loss, forward + backward, batch 256": 10.0,
+    "post-processing, batch 32": 2.0,
+    "training step SSD300, batch 8": 1.3,
+    "inference SSD300, batch 1": 1.0,
+    "inference SSD300, batch 8": 1.0,
+}
+#: The throughput table's target on a GPU: images per second of SSD300 inference, with
+#: post-processing, at batch 64.
+CUDA_INFERENCE_TARGET = (64, 2000.0)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
     load = os.getloadavg()  # before this run adds its own
     device = torch.device(args.device)
+    targets = CUDA_TARGETS if device.type == "cuda" else TARGETS
     fast_run_time, model_run_time, rounds = (0.3, 0.0, 1) if args.quick else (1.0, 10.0, 3)
 
     _progress("matching, loss and post-processing, batch 32")
     tasks = {**matching_and_loss(32, device), **postprocessing(32, device)}
+    if device.type == "cuda":
+        tasks |= matching_and_loss(256, device)
     results = best_of_rounds(tasks, rounds, fast_run_time)
 
-    theirs, ours = ssd300_pair(device, args.channels_last)
+    theirs, ours = ssd300_pair(device)
+    theirs_channels_last = copy.deepcopy(theirs).to(memory_format=torch.channels_last)
     for batch in (1, 8):
         _progress(f"inference SSD300, batch {batch}")
-        tasks = inference(theirs, ours, batch, device, args.bf16, args.channels_last)
+        tasks = inference(theirs, ours, batch, device, args.bf16)
+        tasks |= inference(theirs_channels_last, ours, batch, device, args.bf16, BOTH_CHANNELS_LAST)
         results += best_of_rounds(tasks, rounds, model_run_time)
-    # Last: the steps change both models' weights.
+    # After the inference rows: the steps change the models' weights.
     _progress("training step SSD300, batch 8")
-    tasks = training_step(theirs, ours, 8, device, args.bf16, args.channels_last)
+    tasks = training_step(theirs, ours, 8, device, args.bf16)
+    tasks |= training_step(theirs_channels_last, ours, 8, device, args.bf16, BOTH_CHANNELS_LAST)
     results += best_of_rounds(tasks, rounds, model_run_time)
+    results.sort(key=lambda r: row_order(r.task, targets))
 
-    results.sort(key=lambda r: list(TARGETS).index(r.task))
-    options = (("bf16 autocast", args.bf16), ("channels last", args.channels_last))
+    speeds = []
+    if args.throughput:
+        batches = args.batches or ((1, 8, 64, 256) if device.type == "cuda" else (1, 8))
+        speeds = throughput(batches, device, args.bf16, model_run_time)
+
     setting = ", ".join(
         [describe_device(device), f"{torch.get_num_threads()} threads"]
-        + [name for name, on in options if on]
+        + (["bf16 autocast"] if args.bf16 else [])
     )
-    print(f"\n{results_table(results)}\n\n{setting}\n{environment()}")
+    print(f"\n{results_table(results, targets)}\n\n{setting}\n{environment()}")
+    if speeds:
+        print(f"\n{throughput_table(speeds, device)}")
     if args.write:
         command = shlex.join(["python", "benchmarks/bench_all.py", *(argv or sys.argv[1:])])
-        RESULTS.write_text(results_page(results, setting, command, load))
+        RESULTS.write_text(results_page(results, targets, speeds, setting, command, load, device))
         print(f"\nwritten to {RESULTS}")
+
+
+def row_order(task: str, targets: dict[str, float]) -> tuple[int, int]:
+    """Rows in the order of ``targets``, each information row after the row it goes with."""
+    base = task.removesuffix(BOTH_CHANNELS_LAST)
+    return list(targets).index(base), int(base != task)
 
 
 def matching_and_loss(batch: int, device: torch.device) -> Tasks:
@@ -155,7 +204,7 @@ def postprocessing(batch: int, device: torch.device) -> Tasks:
     return {f"post-processing, batch {batch}": (ours, theirs)}
 
 
-def ssd300_pair(device: torch.device, channels_last: bool) -> tuple[nn.Module, SSD]:
+def ssd300_pair(device: torch.device) -> tuple[nn.Module, SSD]:
     """torchvision's ``ssd300_vgg16`` (91 classes, random weights) and our copy of it."""
     torch.manual_seed(0)
     theirs = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=COCO_CLASSES)
@@ -164,11 +213,7 @@ def ssd300_pair(device: torch.device, channels_last: bool) -> tuple[nn.Module, S
         for conv in theirs.head.classification_head.module_list:
             conv.bias[0::COCO_CLASSES] += BACKGROUND_BIAS
     ours = from_torchvision(theirs)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return (
-        theirs.to(device, memory_format=memory_format),
-        ours.to(device, memory_format=memory_format),
-    )
+    return theirs.to(device), ours.to(device)
 
 
 def inference(
@@ -177,9 +222,10 @@ def inference(
     batch: int,
     device: torch.device,
     bf16: bool,
-    channels_last: bool,
+    suffix: str = "",
 ) -> Tasks:
-    """From 300x300 RGB images in [0, 1] to detections, ours and torchvision's."""
+    """From 300x300 RGB images in [0, 1] to detections, ours and torchvision's; ``suffix``
+    ends the row's name."""
     theirs.eval()
     ours.eval()
     generator = torch.Generator().manual_seed(batch)
@@ -187,14 +233,13 @@ def inference(
     images = torch.rand(batch, 3, size, size, generator=generator).to(device)
     image_list = list(images)
     priors = default_boxes(ours.config, device=device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     candidates = theirs.topk_candidates
 
     @torch.no_grad()
     def ours_outputs():
         with _autocast(device, bf16):
             x = preprocess(images, size, ours.image_mean, ours.image_std)
-            loc, conf = ours(x.contiguous(memory_format=memory_format))
+            loc, conf = ours(x)
         return loc.float(), conf.float()
 
     @torch.no_grad()
@@ -215,7 +260,7 @@ def inference(
     except AssertionError as error:
         verdict = f"the detections differ: {str(error).splitlines()[0]}"
     _progress(f"{passed:.0f} candidates per image above {theirs.score_thresh}; {verdict}")
-    return {f"inference SSD300, batch {batch}": (ours_detect, their_detect)}
+    return {f"inference SSD300, batch {batch}{suffix}": (ours_detect, their_detect)}
 
 
 def training_step(
@@ -224,9 +269,10 @@ def training_step(
     batch: int,
     device: torch.device,
     bf16: bool,
-    channels_last: bool,
+    suffix: str = "",
 ) -> Tasks:
-    """One SGD step on the same images and objects: ours through ``Trainer``, and theirs."""
+    """One SGD step on the same images and objects: ours through ``Trainer``, and theirs;
+    ``suffix`` ends the row's name."""
     theirs.train()
     ours.train()
     generator = torch.Generator().manual_seed(1)
@@ -243,7 +289,7 @@ def training_step(
         our_loss = MultiBoxLoss()(loc, conf, gt_boxes, gt_labels, priors).total
     _progress(f"loss at the same weights: ours {our_loss:.4f}, torchvision {their_loss:.4f}")
 
-    config = TrainConfig(lr=1e-4, amp="bf16" if bf16 else None, channels_last=channels_last)
+    config = TrainConfig(lr=1e-4, amp="bf16" if bf16 else None)
     trainer = Trainer(ours, config, device=device, progress=False)
     their_optimizer = torch.optim.SGD(
         theirs.parameters(),
@@ -263,39 +309,129 @@ def training_step(
         sum(losses.values()).backward()
         their_optimizer.step()
 
-    return {f"training step SSD300, batch {batch}": (ours_step, their_step)}
+    return {f"training step SSD300, batch {batch}{suffix}": (ours_step, their_step)}
 
 
-def results_table(results: list[Comparison]) -> str:
+@dataclass
+class Throughput:
+    """Images per second and peak CUDA memory (bytes; ``None`` off CUDA) at one batch size."""
+
+    mode: str  # "inference" or "training"
+    batch: int
+    ours_images_per_s: float
+    theirs_images_per_s: float
+    ours_peak_bytes: int | None
+    theirs_peak_bytes: int | None
+
+
+def throughput(
+    batches: Sequence[int], device: torch.device, bf16: bool, min_run_time: float
+) -> list[Throughput]:
+    """Inference (with post-processing) and training steps of SSD300 at every batch size, ours
+    and torchvision's as :func:`inference` and :func:`training_step` run them, on a fresh pair
+    of models: every inference first, while both still hold the same weights."""
+    theirs, ours = ssd300_pair(device)
+    rows = []
+    for mode, make_tasks in (("inference", inference), ("training", training_step)):
+        for batch in batches:
+            _progress(f"throughput: {mode} SSD300, batch {batch}")
+            ((ours_fn, theirs_fn),) = make_tasks(theirs, ours, batch, device, bf16).values()
+            ours_s, ours_peak = _time_and_peak_memory(ours_fn, device, min_run_time)
+            theirs_s, theirs_peak = _time_and_peak_memory(theirs_fn, device, min_run_time)
+            rows.append(
+                Throughput(mode, batch, batch / ours_s, batch / theirs_s, ours_peak, theirs_peak)
+            )
+    return rows
+
+
+def _time_and_peak_memory(
+    fn: Callable[[], object], device: torch.device, min_run_time: float
+) -> tuple[float, int | None]:
+    """Median seconds of ``fn()``, and the most CUDA memory one call of it holds."""
+    if device.type != "cuda":
+        return median_seconds(fn, min_run_time), None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return median_seconds(fn, min_run_time), torch.cuda.max_memory_allocated(device)
+
+
+def results_table(results: list[Comparison], targets: dict[str, float]) -> str:
     """Markdown: task, both medians, the speed-up, its target and whether it is met."""
     lines = [
         "| task | ours (ms) | torchvision (ms) | speed-up | target | met? |",
         "| --- | ---: | ---: | ---: | ---: | :---: |",
     ]
     for r in results:
-        target = TARGETS[r.task]
+        target = targets.get(r.task)
+        verdict = ("yes" if r.speedup >= target else "no") if target else "–"
         lines.append(
             f"| {r.task} | {r.ours_s * 1e3:.1f} | {r.theirs_s * 1e3:.1f} | {r.speedup:.2f}x "
-            f"| ≥ {target:.1f}x | {'yes' if r.speedup >= target else 'no'} |"
+            f"| {f'≥ {target:.1f}x' if target else '–'} | {verdict} |"
         )
     return "\n".join(lines)
 
 
+def throughput_table(rows: list[Throughput], device: torch.device) -> str:
+    """Markdown: images per second of both sides, their ratio and peak memory, per batch size."""
+    lines = [
+        "| SSD300 | batch | ours (img/s) | torchvision (img/s) | ratio | ours peak (MiB) "
+        "| torchvision peak (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.mode} | {r.batch} | {r.ours_images_per_s:.1f} | {r.theirs_images_per_s:.1f} "
+            f"| {r.ours_images_per_s / r.theirs_images_per_s:.2f}x | {_mib(r.ours_peak_bytes)} "
+            f"| {_mib(r.theirs_peak_bytes)} |"
+        )
+    batch, target = CUDA_INFERENCE_TARGET
+    measured = [r for r in rows if (r.mode, r.batch) == ("inference", batch)]
+    if device.type == "cuda" and measured:
+        speed = measured[0].ours_images_per_s
+        lines.append(
+            f"\nTarget: ≥ {target:.0f} img/s of inference at batch {batch} (set for an H100): "
+            f"{speed:.0f} img/s, {'met' if speed >= target else 'not met'}."
+        )
+    return "\n".join(lines)
+
+
+def _mib(size: int | None) -> str:
+    return "–" if size is None else f"{size / 2**20:,.0f}"
+
+
 def results_page(
-    results: list[Comparison], setting: str, command: str, load: tuple[float, float, float]
+    results: list[Comparison],
+    targets: dict[str, float],
+    speeds: list[Throughput],
+    setting: str,
+    command: str,
+    load: tuple[float, float, float],
+    device: torch.device,
 ) -> str:
     """The text of RESULTS.md; the book's appendix includes it from the marker on.
 
     ``load`` is the machine's load average before the run: other jobs that shared it.
     """
     date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    missed = [r for r in results if r.speedup < TARGETS[r.task]]
+    missed = [r for r in results if r.task in targets and r.speedup < targets[r.task]]
     notes = [
         f"- {r.task}: ours takes {r.ours_s / r.theirs_s:.2f}x torchvision's time, a speed-up "
-        f"of {r.speedup:.2f}x where the target is {TARGETS[r.task]:.1f}x."
+        f"of {r.speedup:.2f}x where the target is {targets[r.task]:.1f}x."
         for r in missed
     ]
     summary = "Targets not met:\n\n" + "\n".join(notes) if notes else "All targets are met."
+    throughput_part = (
+        f"""
+Throughput (images per second, from the median time of one call; peak memory is CUDA's
+most allocated memory during one call, measured on CUDA only):
+
+{throughput_table(speeds, device)}
+"""
+        if speeds
+        else ""
+    )
     return f"""# Benchmark results
 
 Written by `benchmarks/bench_all.py --write`; see `benchmarks/README.md`.
@@ -311,13 +447,15 @@ Measured on {date} with
 on {setting} ({environment()}). Load average of the machine before the run (1, 5, 15
 min): {", ".join(f"{x:.2f}" for x in load)}.
 
-{results_table(results)}
+{results_table(results, targets)}
 
 Median times (ms); speed-up is torchvision's time over ours, above 1 when ours is faster. For
-the training step this is the ratio of throughputs, for inference of latencies.
+the training step this is the ratio of throughputs, for inference of latencies. Our SSD runs
+its convolutions channels-last by default, torchvision's does not; in the rows marked "both
+channels-last" torchvision's runs channels-last too, for information.
 
 {summary}
-"""
+{throughput_part}"""
 
 
 def describe_device(device: torch.device) -> str:
@@ -349,7 +487,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast in the SSD300 rows")
     parser.add_argument(
-        "--channels-last", action="store_true", help="channels-last SSD300 weights and inputs"
+        "--throughput", action="store_true", help="images per second at several batch sizes"
+    )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        help="batch sizes of --throughput (default: 1 8 64 256 on CUDA, 1 8 on the CPU)",
     )
     parser.add_argument("--write", action="store_true", help=f"write {RESULTS.name}")
     args = parser.parse_args(argv)
