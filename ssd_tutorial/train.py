@@ -241,6 +241,8 @@ class Trainer:
 
         Under several processes ``batch`` is this process's shard of the global batch; the
         losses, positives and speed returned are those of the global batch, on every process.
+        If the loss fails in one process (non-finite predictions, bad targets), every process
+        raises at this step instead of waiting for the others.
         """
         start = time.perf_counter()
         images, boxes, labels = batch[0], batch[1], batch[2]
@@ -256,11 +258,14 @@ class Trainer:
         advice = "lower the learning rate, add warm-up or gradient clipping, or check the data"
         try:
             terms: LossTerms = self.loss_fn(loc, conf, boxes, labels, self.priors)
-        except NonFinitePredictionError as error:
-            raise FloatingPointError(
-                f"non-finite predictions at step {self.step + 1} (epoch {self.epoch + 1}): "
-                f"{error}; {advice}"
-            ) from error
+        except Exception as error:
+            _tell_the_other_processes_of_a_failure(self.device)
+            if isinstance(error, NonFinitePredictionError):
+                raise FloatingPointError(
+                    f"non-finite predictions at step {self.step + 1} (epoch {self.epoch + 1}): "
+                    f"{error}; {advice}"
+                ) from error
+            raise
         objective, terms = _global_batch_loss(terms)
         loss = terms.total.item()
         if not math.isfinite(loss):
@@ -478,13 +483,28 @@ def _global_batch_loss(terms: LossTerms) -> tuple[torch.Tensor, LossTerms]:
         return terms.total, terms
     local_normalizer = max(terms.num_positives, 1)
     parts = torch.stack([terms.localization, terms.confidence, terms.total]).detach()
-    sums = torch.cat([parts * local_normalizer, parts.new_tensor([terms.num_positives])])
+    sums = torch.cat([parts * local_normalizer, parts.new_tensor([terms.num_positives])]).float()
     sums = distributed.all_reduce_sum(sums)
+    if math.isnan(sums[3].item()):
+        raise RuntimeError(
+            "another training process failed in this step's loss; its own error says why"
+        )
     num_positives = round(sums[3].item())
     normalizer = max(num_positives, 1)
     objective = terms.total * (processes * local_normalizer / normalizer)
     localization, confidence, total = sums[:3] / normalizer
     return objective, LossTerms(localization, confidence, total, num_positives)
+
+
+def _tell_the_other_processes_of_a_failure(device: torch.device) -> None:
+    """Join the all-reduce of :func:`_global_batch_loss` with NaN sums, before raising.
+
+    The other processes wait in that all-reduce for this process's loss. Left alone they
+    would wait for the process group's time-out (or for ``torchrun`` to kill them); a NaN
+    count of positives tells them that a process failed, and they stop at the same step.
+    """
+    if distributed.world_size() > 1:
+        distributed.all_reduce_sum(torch.full((4,), math.nan, device=device))
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

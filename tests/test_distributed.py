@@ -156,6 +156,20 @@ def _worker(rank: int, port: int, folder: Path) -> None:
         _resumed_run(folder)
         with pytest.raises(ValueError, match="sync_bn needs CUDA devices"):
             tiny_trainer(0, TrainConfig(sync_bn=True))
+        _one_process_diverges(rank)
+
+
+def _one_process_diverges(rank: int) -> None:
+    """NaN predictions on rank 1 only: both processes stop at that step, neither waits."""
+    trainer = tiny_trainer(0)
+    if rank == 1:
+        with torch.no_grad():
+            trainer.model.head.conf[0].weight.fill_(float("nan"))
+        expected = (FloatingPointError, "non-finite predictions at step 1")
+    else:
+        expected = (RuntimeError, "another training process failed in this step's loss")
+    with pytest.raises(expected[0], match=expected[1]):
+        trainer.train_step(shard(fixed_batch(), rank))
 
 
 def _steps_on_the_fixed_batch(rank: int, folder: Path) -> None:
