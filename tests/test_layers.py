@@ -74,13 +74,18 @@ def test_l2norm_in_a_half_precision_model(dtype):
 
 
 def test_l2norm_under_bfloat16_autocast():
+    torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 8, 3)
     layer = L2Norm(8)
     x = torch.randn(1, 3, 6, 6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = layer(conv(x))
-    assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), layer(conv(x)), rtol=2e-2, atol=5e-2)
+        features = conv(x)
+        out = layer(features)
+    assert features.dtype == out.dtype == torch.bfloat16
+    # The layer works in float32 on the bfloat16 features it is given (how accurate the
+    # convolution is in bfloat16 depends on the CPU kernel): the only error left is rounding
+    # its result to bfloat16, at most 2**-9 relative.
+    torch.testing.assert_close(out.float(), layer(features.float()), rtol=2**-8, atol=0)
 
 
 def test_l2norm_rejects_the_wrong_number_of_channels():
