@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -150,6 +151,8 @@ def _worker(rank: int, port: int, folder: Path) -> None:
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)  # two processes on two cores
+    # A collective that one process never joins fails the test in a minute, not in 30.
+    distributed.TIMEOUT = timedelta(minutes=1)
     with distributed.process_group("cpu") as device:
         assert device == torch.device("cpu") and distributed.world_size() == WORLD_SIZE
         _steps_on_the_fixed_batch(rank, folder)
