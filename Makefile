@@ -57,9 +57,11 @@ test: lint browser-deps $(STAMP)
 	$(PY) -m pytest -m browser
 
 # Ours against torchvision's SSD on this machine (benchmarks/README.md); writes
-# benchmarks/RESULTS.md, which the book's appendix shows. QUICK=0 times longer.
+# benchmarks/RESULTS.md, which the book's appendix shows. QUICK=0 times longer. Then the
+# tiny SSD's learning speed, two recipes side by side (benchmarks/LEARNING.md).
 bench: $(STAMP)
 	$(PY) benchmarks/bench_all.py --write $(if $(filter 1,$(QUICK)),--quick,)
+	$(PY) benchmarks/bench_learning.py --write
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache .hypothesis

@@ -120,15 +120,16 @@ def run_variant(
     steps: int | None = None,
     *,
     build: Callable[[int], SSD] | None = None,
-    augmentations: Mapping[str, bool] | None = None,
+    augmentations: Mapping[str, bool] = AUGMENTATION_ABLATION["all"],
     num_images: int = 300,
     progress: bool = True,
 ) -> dict[str, float]:
     """Train (or load from the cache) the variant ``name``, evaluate it and time it.
 
     Args:
-        name, steps, build, augmentations, progress: as in
-            :func:`~ssd_tutorial.zoo.shapes_model`.
+        name, steps, build, progress: as in :func:`~ssd_tutorial.zoo.shapes_model`.
+        augmentations: as there, but all of SSD's by default (``AUGMENTATION_ABLATION["all"]``),
+            so that every variant is measured against SSD's own pipeline.
         num_images: validation images for :func:`evaluate_variant`.
 
     Returns:

@@ -82,8 +82,9 @@ class VGGAtrous(nn.Module):
         fc_channels: channels of fc6 and fc7 (1024 in SSD).
         dilation: dilation (and padding) of fc6's 3x3 conv (6 in SSD300 and SSD512).
         l2norm_scale: initial weight of the L2Norm on the first source (20 in SSD).
-        batch_norm: put a BatchNorm after every 3x3 conv of the five stages (not in SSD's VGG-16;
-            it lets the small teaching model train from scratch at a high learning rate).
+        batch_norm: put a BatchNorm after every conv of the five stages and after fc6 and fc7
+            (not in SSD's VGG-16; it lets the small teaching model train from scratch at a high
+            learning rate).
 
     Shape:
         ``[B, 3, S, S]`` -> ``[conv4_3 [B, stages[3][-1], S/8, S/8], fc7 [B, fc_channels, S/16,
@@ -119,8 +120,10 @@ class VGGAtrous(nn.Module):
             # stride 1: the map stays 19 x 19 instead of shrinking to 10 x 10
             ("pool5", nn.MaxPool2d(3, stride=1, padding=1)),
             ("fc6", nn.Conv2d(stages[4][-1], fc_channels, 3, padding=dilation, dilation=dilation)),
+            *_norm("bn6", fc_channels, batch_norm),
             ("relu6", nn.ReLU(inplace=True)),
             ("fc7", nn.Conv2d(fc_channels, fc_channels, 1)),
+            *_norm("bn7", fc_channels, batch_norm),
             ("relu7", nn.ReLU(inplace=True)),
         ]
         self.conv1_to_conv4 = nn.Sequential(OrderedDict(conv1_to_conv4))
@@ -170,13 +173,18 @@ class ExtraLayers(LevelChain):
         in_channels: channels of the map the first level reads (fc7: 1024).
         levels: one :data:`ExtraSpec` per level, e.g. :data:`SSD300_EXTRAS`.
         first_level: number of the first level, used in the layer names.
+        batch_norm: a BatchNorm (``bn{n}_1``, ``bn{n}_2``) after every conv (not in SSD).
 
     Shape:
         ``[B, in_channels, H, W]`` -> list of ``[B, out_channels, H_n, W_n]``, one per level.
     """
 
     def __init__(
-        self, in_channels: int, levels: tuple[ExtraSpec, ...], first_level: int = 8
+        self,
+        in_channels: int,
+        levels: tuple[ExtraSpec, ...],
+        first_level: int = 8,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         self.out_channels = []
@@ -185,8 +193,10 @@ class ExtraLayers(LevelChain):
                 OrderedDict(
                     [
                         (f"conv{n}_1", nn.Conv2d(in_channels, mid, 1)),
+                        *_norm(f"bn{n}_1", mid, batch_norm),
                         (f"relu{n}_1", nn.ReLU(inplace=True)),
                         (f"conv{n}_2", nn.Conv2d(mid, out, kernel_size, stride, padding)),
+                        *_norm(f"bn{n}_2", out, batch_norm),
                         (f"relu{n}_2", nn.ReLU(inplace=True)),
                     ]
                 )
@@ -234,17 +244,18 @@ def vgg16_features(extras: tuple[ExtraSpec, ...] = SSD300_EXTRAS) -> MultiScaleF
 def tiny_features() -> MultiScaleFeatures:
     """A small VGG-like base for teaching on a CPU: 128 px input, sources 16, 8, 4, 2, 1.
 
-    The same parts as SSD300, thinner: one 3x3 conv per stage (16, 32, 64, 96, 128 channels,
-    each batch-normalised so that it trains from scratch in minutes),
-    fc6/fc7 with 128 channels and three extra levels of 96 channels. Sources: conv4_1
-    (96 x 16 x 16, through L2Norm), fc7 (128 x 8 x 8), conv8_2 (96 x 4 x 4), conv9_2
-    (96 x 2 x 2), conv10_2 (96 x 1 x 1). fc6 uses dilation 3: on an 8 x 8 map, taps 6 cells
+    The same parts as SSD300, thinner: one 3x3 conv per stage (16, 32, 64, 96, 128 channels),
+    fc6/fc7 with 128 channels and three extra levels of 96 channels, every conv
+    batch-normalised so that it trains from scratch in minutes at a high learning rate.
+    Sources: conv4_1 (96 x 16 x 16, through L2Norm), fc7 (128 x 8 x 8), conv8_2 (96 x 4 x 4),
+    conv9_2 (96 x 2 x 2), conv10_2 (96 x 1 x 1). fc6 uses dilation 3: on an 8 x 8 map, taps 6 cells
     apart would mostly read padding.
     """
     backbone = VGGAtrous(
         ((16,), (32,), (64,), (96,), (128,)), fc_channels=128, dilation=3, batch_norm=True
     )
-    return MultiScaleFeatures(backbone, ExtraLayers(128, ((48, 96, 3, 2, 1),) * 3))
+    extras = ExtraLayers(128, ((48, 96, 3, 2, 1),) * 3, batch_norm=True)
+    return MultiScaleFeatures(backbone, extras)
 
 
 #: SSDLite's extra levels (torchvision's ``ssdlite320_mobilenet_v3_large``): the output
@@ -571,6 +582,11 @@ def torchvision_vgg_indices(stages: tuple[tuple[int, ...], ...]) -> dict[str, in
     return indices
 
 
+def _norm(name: str, channels: int, batch_norm: bool) -> list[tuple[str, nn.Module]]:
+    """``[(name, BatchNorm2d(channels))]`` if ``batch_norm``, else no layer."""
+    return [(name, nn.BatchNorm2d(channels))] if batch_norm else []
+
+
 def _vgg_stage(
     stage: int, in_channels: int, widths: tuple[int, ...], batch_norm: bool = False
 ) -> list[tuple[str, Any]]:
@@ -579,8 +595,7 @@ def _vgg_stage(
     layers: list[tuple[str, Any]] = []
     for i, out_channels in enumerate(widths, start=1):
         layers.append((f"conv{stage}_{i}", nn.Conv2d(in_channels, out_channels, 3, padding=1)))
-        if batch_norm:
-            layers.append((f"bn{stage}_{i}", nn.BatchNorm2d(out_channels)))
+        layers += _norm(f"bn{stage}_{i}", out_channels, batch_norm)
         layers.append((f"relu{stage}_{i}", nn.ReLU(inplace=True)))
         in_channels = out_channels
     return layers

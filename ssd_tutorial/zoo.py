@@ -3,10 +3,23 @@
 No weights can be downloaded where the book is built, so the book trains its own.
 :func:`shapes_model` trains ``build_ssd("ssd_tiny", ...)`` on
 :class:`~ssd_tutorial.data.shapes.SyntheticShapes` with :func:`shapes_recipe` the first time it
-is asked for (a few minutes on two CPU cores in quick mode) and loads it from a cache folder
+is asked for (three minutes on two CPU cores in quick mode) and loads it from a cache folder
 afterwards, so that the chapters on training, inference and evaluation share one run. The
 discussion chapters train variants with the same recipe (another network, other default boxes,
-fewer augmentations), each under its own ``name``.
+other augmentations), each under its own ``name``.
+
+The recipe is made for two CPU cores (``benchmarks/bench_learning.py`` measures it against the
+earlier one):
+
+* a pool of :data:`POOL_IMAGES` training images drawn once per process
+  (:class:`~ssd_tutorial.data.pool.ImagePool`) and augmented in the training process, with no
+  loader worker: on two cores a worker takes the training step's threads away from it;
+* AdamW at a high rate with a cosine decay to zero (:data:`~ssd_tutorial.train.PRESETS`
+  ``tiny_cpu``, ``schedule="cosine"``);
+* horizontal flips only (:data:`SHORT_RUN_AUGMENTATIONS`): in a run of a few passes over the
+  pool, SSD's zoom out and IoU crops spread the object sizes over a range the validation
+  images never show, and cost more than they give; they pay off in long runs that would
+  otherwise overfit (chapter 12 measures both).
 
 The cache folder is ``$SSD_TUTORIAL_CACHE`` (the book build sets ``_build/cache``) or
 ``~/.cache/ssd_tutorial``. Each run keeps its checkpoint and its ``train.csv`` and ``eval.csv``
@@ -18,37 +31,80 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Mapping
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from ssd_tutorial import quick_mode
 from ssd_tutorial.data.catalog import open_dataset
+from ssd_tutorial.data.pool import ImagePool
 from ssd_tutorial.data.shapes import CLASS_NAMES, SyntheticShapes
 from ssd_tutorial.data.transforms import collate, eval_transforms, train_transforms
 from ssd_tutorial.evaluate import evaluate_model
 from ssd_tutorial.model import SSD, build_ssd
 from ssd_tutorial.train import PRESETS, TrainConfig, Trainer, load_checkpoint
 
-#: Training steps (batches of 32) of :func:`shapes_model`: in quick mode, and at full size.
-SHAPES_STEPS: dict[str, int] = {"quick": 1000, "full": 4000}
+#: Training steps (batches of 32) of :func:`shapes_model`: in quick mode (about three minutes
+#: of training on two CPU cores), and at full size.
+SHAPES_STEPS: dict[str, int] = {"quick": 700, "full": 2800}
 #: Steps between two evaluations during training (one "epoch" of the run).
 STEPS_PER_EPOCH = 100
 BATCH_SIZE = 32
 IMAGE_SIZE = 128
+#: Training images in the pool that every run draws its batches from.
+POOL_IMAGES = 4000
+#: The augmentations of :func:`shapes_model` unless asked otherwise: horizontal flips only
+#: (switches of :func:`~ssd_tutorial.data.transforms.train_transforms`).
+SHORT_RUN_AUGMENTATIONS: dict[str, bool] = {
+    "photometric": False,
+    "zoom_out": False,
+    "iou_crop": False,
+}
 
 
 def shapes_recipe(steps: int) -> TrainConfig:
-    """The ``tiny_cpu`` preset for ``steps`` steps, the learning rate dropping 10x at 80%."""
+    """The ``tiny_cpu`` preset for ``steps`` steps, the learning rate falling to 0 along a
+    cosine."""
     return TrainConfig(
         **PRESETS["tiny_cpu"],
+        schedule="cosine",
         epochs=-(-steps // STEPS_PER_EPOCH),
         max_steps=steps,
-        milestones=(int(0.8 * steps),),
         log_every=10,
     )
+
+
+def training_loader(
+    size: int = IMAGE_SIZE,
+    augmentations: Mapping[str, bool] | None = None,
+    pool_images: int = POOL_IMAGES,
+) -> DataLoader:
+    """The batches of one epoch of :func:`shapes_model`'s training: :data:`STEPS_PER_EPOCH`
+    batches of :data:`BATCH_SIZE`, drawn without repetition from a pool of ``pool_images``
+    training images of ``size`` px (rendered once per process and size) and augmented as
+    they are read, in this process (no worker).
+
+    Args:
+        size: image side in pixels (the model's input size).
+        augmentations: switches of :func:`~ssd_tutorial.data.transforms.train_transforms`;
+            ``None`` gives :data:`SHORT_RUN_AUGMENTATIONS`, ``{}`` all of SSD's.
+        pool_images: size of the pool.
+    """
+    if augmentations is None:
+        augmentations = SHORT_RUN_AUGMENTATIONS
+    pool = ImagePool.with_transforms(
+        _rendered_pool(size, pool_images), train_transforms(size, **augmentations)
+    )
+    # A new permutation of the pool every epoch, from the RNG the trainer seeds per epoch.
+    sampler = RandomSampler(pool, num_samples=STEPS_PER_EPOCH * BATCH_SIZE)
+    return DataLoader(pool, batch_size=BATCH_SIZE, sampler=sampler, collate_fn=collate)
+
+
+@lru_cache(maxsize=2)
+def _rendered_pool(size: int, length: int) -> ImagePool:
+    return ImagePool(open_dataset("synthetic", "train", length=length, image_size=size))
 
 
 def shapes_data(
@@ -88,7 +144,8 @@ def shapes_model(
         build: ``build(num_classes)`` makes the untrained network (default: the tiny SSD,
             ``build_ssd("ssd_tiny", num_classes)``); images are drawn at its input size.
         augmentations: switches of :func:`~ssd_tutorial.data.transforms.train_transforms`,
-            e.g. ``{"flip": False}`` (default: all on).
+            e.g. ``{"flip": False}``; ``{}`` is all of SSD's (default:
+            :data:`SHORT_RUN_AUGMENTATIONS`).
 
     Returns:
         ``(model, class_names)``: the model in eval mode on the CPU, and
@@ -103,13 +160,13 @@ def shapes_model(
         model = build(len(CLASS_NAMES))
     if not checkpoint.is_file():
         shutil.rmtree(run, ignore_errors=True)  # the logs of an interrupted run, if any
-        _train(model, steps, run, progress, augmentations or {})
+        _train(model, steps, run, progress, augmentations)
     load_checkpoint(checkpoint, model)
     return model.eval(), CLASS_NAMES
 
 
 def _train(
-    model: SSD, steps: int, run: Path, progress: bool, augmentations: Mapping[str, bool]
+    model: SSD, steps: int, run: Path, progress: bool, augmentations: Mapping[str, bool] | None
 ) -> None:
     """Train ``model`` with :func:`shapes_recipe` and leave ``run / "model.pt"`` when done."""
     size = model.config.image_size
@@ -121,13 +178,7 @@ def _train(
         progress=False,
         class_names=CLASS_NAMES,
     )
-    train = DataLoader(
-        shapes_data("train", STEPS_PER_EPOCH * BATCH_SIZE, size=size, augmentations=augmentations),
-        batch_size=BATCH_SIZE,
-        shuffle=True,
-        collate_fn=collate,
-        num_workers=1,
-    )
+    train = training_loader(size, augmentations)
     val = DataLoader(
         shapes_data("val", 300, augment=False, size=size), batch_size=100, collate_fn=collate
     )

@@ -54,6 +54,25 @@ def test_ssd512_sources_have_seven_maps_down_to_1x1():
     assert hasattr(features.extras, "conv12")
 
 
+def test_every_conv_of_the_tiny_base_is_batch_normalised():
+    features = B.tiny_features()
+    for block in (
+        features.backbone.conv1_to_conv4,
+        features.backbone.conv5_to_fc7,
+        *features.extras.children(),
+    ):
+        layers = list(block.children())
+        for i, layer in enumerate(layers):
+            if isinstance(layer, nn.Conv2d):
+                assert isinstance(layers[i + 1], nn.BatchNorm2d)
+                assert layers[i + 1].num_features == layer.out_channels
+
+
+def test_ssd300_base_has_no_batch_norm():
+    features = B.vgg16_features()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in features.modules())
+
+
 def test_tiny_sources():
     features = B.tiny_features()
     with torch.no_grad():

@@ -44,6 +44,18 @@ def test_learning_rate_warm_up_and_steps_by_hand():
     assert learning_rate_factor(35, config) == pytest.approx(0.01)
 
 
+def test_cosine_schedule_by_hand():
+    config = TrainConfig(
+        lr=0.1, warmup_steps=10, warmup_factor=0.0, schedule="cosine", max_steps=110
+    )
+    assert learning_rate_factor(5, config) == pytest.approx(0.5 * 1.0)  # warm-up, cosine at 1
+    assert learning_rate_factor(10, config) == 1.0
+    assert learning_rate_factor(60, config) == pytest.approx(0.5)  # half-way: cos(pi / 2)
+    assert learning_rate_factor(35, config) == pytest.approx(0.5 * (1 + 2**-0.5))
+    assert learning_rate_factor(110, config) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate_factor(500, config) == pytest.approx(0.0, abs=1e-12)
+
+
 def test_presets_are_valid_configs():
     for preset in PRESETS.values():
         TrainConfig(**preset)
@@ -128,6 +140,9 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         ({"amp": "fp8"}, "amp"),
         ({"optimizer": "lion"}, "optimizer"),
         ({"milestones": (10, 5)}, "milestones"),
+        ({"schedule": "linear"}, "schedule"),
+        ({"schedule": "cosine"}, "max_steps"),
+        ({"schedule": "cosine", "max_steps": 10, "milestones": (5,)}, "no milestones"),
     ],
 )
 def test_bad_configs_are_rejected(changes, message):

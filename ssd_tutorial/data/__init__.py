@@ -1,6 +1,7 @@
 """Data for SSD: the synthetic shapes dataset, VOC and COCO readers, augmentation, batching.
 
 * :mod:`~ssd_tutorial.data.shapes`: :class:`SyntheticShapes`, the embedded default dataset.
+* :mod:`~ssd_tutorial.data.pool`: :class:`ImagePool`, images drawn once, augmented at every read.
 * :mod:`~ssd_tutorial.data.sizes`: small / medium / large objects, relative to the image.
 * :mod:`~ssd_tutorial.data.voc`: :class:`VOCDetection` and the 20 ``VOC_CLASSES``.
 * :mod:`~ssd_tutorial.data.coco`: :class:`COCODetection` for ``instances_*.json`` files.
@@ -14,6 +15,7 @@ The transforms turn that into a normalised float image and relative boxes for tr
 """
 
 from ssd_tutorial.data.coco import COCODetection
+from ssd_tutorial.data.pool import ImagePool
 from ssd_tutorial.data.shapes import CLASS_NAMES, SMALL_SIZE_RANGE, SyntheticShapes
 from ssd_tutorial.data.sizes import is_small, size_category
 from ssd_tutorial.data.transforms import Batch, collate, eval_transforms, train_transforms
@@ -25,6 +27,7 @@ __all__ = [
     "VOC_CLASSES",
     "Batch",
     "COCODetection",
+    "ImagePool",
     "SyntheticShapes",
     "VOCDetection",
     "collate",
