@@ -137,7 +137,7 @@ def test_kmeans_config_keeps_the_maps_and_the_box_counts(per_map):
         default_boxes(config, torch.float64)[first, 2:],
         torch.tensor([m[0] for m in config.shapes], dtype=torch.float64) / 128,
     )
-    model = SSD(tiny_features(), config, 9)
+    model = SSD(tiny_features(), config, 9).eval()  # batch norm: one image only in eval mode
     loc, conf = model(torch.zeros(1, 3, 128, 128))
     assert loc.shape == (1, 1524, 4) and conf.shape == (1, 1524, 9)
 

@@ -229,7 +229,7 @@ def test_base_and_config_must_agree():
     shifted = anchors.config_from_scales(
         "wrong sizes", 128, (16, 8, 4, 2, 2), (0.1, 0.2, 0.4, 0.6, 0.8, 1.0), ((2,),) * 5
     )
-    model = SSD(tiny_features(), shifted, 3)
+    model = SSD(tiny_features(), shifted, 3).eval()  # batch norm: one image only in eval mode
     with pytest.raises(ValueError, match=r"sizes \(16, 8, 4, 2, 1\) but config 'wrong sizes'"):
         model(torch.zeros(1, 3, 128, 128))
 
