@@ -49,6 +49,7 @@ from ssd_tutorial.data import CLASS_NAMES, collate
 from ssd_tutorial.evaluate import evaluate_model
 from ssd_tutorial.model import SSD, build_ssd
 from ssd_tutorial.train import TrainConfig, Trainer
+from ssd_tutorial.train import _seed_epoch as seed_epoch
 
 HERE = Path(__file__).resolve().parent
 TABLE = HERE / "LEARNING.md"
@@ -107,14 +108,14 @@ def train_for(
     """Train until ``budget`` seconds of training (or the recipe's last step), scoring ``model``
     on ``val`` every ``eval_every`` seconds; evaluation time is not counted."""
     trainer = Trainer(model, config, device=device, progress=False)
+    trainer.model.train()
     curve = Curve(name)
     trained, next_eval = 0.0, eval_every
     epoch = 0
     while True:
-        torch.manual_seed(config.seed * 100_003 + epoch)  # each epoch's order, as Trainer.fit
+        seed_epoch(config.seed, epoch)  # each epoch's order and augmentation, as Trainer.fit
         start = time.perf_counter()
         for batch in batches:
-            trainer.model.train()
             trainer.train_step(batch)
             curve.images += len(batch[0])
             trained += time.perf_counter() - start
@@ -125,6 +126,7 @@ def train_for(
                 curve.points.append((trained, trainer.step, found["map"]))
                 print(f"{name}: {trained:6.1f} s, step {trainer.step}, mAP {found['map']:.3f}")
                 next_eval += eval_every
+                trainer.model.train()
             if finished:
                 return curve
             start = time.perf_counter()
@@ -186,15 +188,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     steps = zoo.SHAPES_STEPS["quick"]
     recipes = {
-        "before": (before_recipe(), before_loader(size), without_late_batch_norm),
-        "after": (zoo.shapes_recipe(steps), zoo.training_loader(size), lambda model: model),
+        "before": (before_recipe(), before_loader(size)),
+        "after": (zoo.shapes_recipe(steps), zoo.training_loader(size)),
     }
     curves = []
-    for name, (config, batches, network) in recipes.items():
+    for name, (config, batches) in recipes.items():
         torch.manual_seed(0)
         model = build_ssd(architecture, len(CLASS_NAMES))
-        if architecture == "ssd_tiny":
-            model = network(model)
+        if name == "before" and architecture == "ssd_tiny":
+            model = without_late_batch_norm(model)
         curves.append(
             train_for(name, model, config, batches, val, args.budget, args.eval_every, args.device)
         )

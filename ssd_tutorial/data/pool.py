@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 
 class ImagePool(Dataset):
@@ -28,7 +27,6 @@ class ImagePool(Dataset):
         transforms: ``(image, target) -> (image, target)`` applied to a kept item each time it
             is read (e.g. :func:`~ssd_tutorial.data.transforms.train_transforms`); the kept
             item itself is never changed.
-        progress: show a progress bar while the items are computed.
 
     Raises:
         ValueError: if ``length`` is negative or larger than ``dataset``.
@@ -39,14 +37,12 @@ class ImagePool(Dataset):
         dataset: Dataset,
         length: int | None = None,
         transforms: Callable | None = None,
-        progress: bool = False,
     ) -> None:
         available = len(dataset)
         length = available if length is None else length
         if not 0 <= length <= available:
             raise ValueError(f"length must be in 0..{available} (the dataset's size), got {length}")
-        items = tqdm(range(length), desc="rendering images", disable=not progress, leave=False)
-        self.items = [dataset[i] for i in items]
+        self.items = [dataset[i] for i in range(length)]
         self.transforms = transforms
 
     @classmethod
