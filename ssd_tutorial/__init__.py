@@ -19,7 +19,7 @@ Modules, in the order the book teaches them:
 * :mod:`ssd_tutorial.zoo`: small models trained on the spot for the book.
 * :mod:`ssd_tutorial.profiling`, :mod:`ssd_tutorial.ablation`,
   :mod:`ssd_tutorial.anchor_clustering`: the discussion chapters' measurements.
-* :mod:`ssd_tutorial.explorer`: the interactive anchor explorer.
+* :mod:`ssd_tutorial.explorer`: the interactive explorers (anchors, matching, mining, NMS, AP).
 """
 
 import os

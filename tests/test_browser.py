@@ -5,11 +5,12 @@ Runs after the book build (``make test`` builds ``_build/html`` first).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import Page
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -17,56 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 CHAPTERS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-# Known messages of the theme itself, not of this book: sphinx-book-theme's colour-mode reset,
-# and sphinx-thebe's config script that Jupyter Book 1 includes twice on every page.
-THEME_MESSAGES = ("Got invalid theme mode", "Identifier 'THEBE_JS_URL' has already been declared")
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert executable, "Debian's chromium is needed (make test installs it)"
+@pytest.fixture(scope="module", autouse=True)
+def built_book():
     assert (HTML / "index.html").exists(), "build the book first (make test does)"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=executable,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield browser
-        browser.close()
-
-
-class Page:
-    """A page opened offline, with the JS errors and blocked requests it produced."""
-
-    def __init__(self, browser, path: Path):
-        self.errors: list[str] = []
-        self.blocked: list[str] = []
-        self.page = browser.new_page(viewport={"width": 1280, "height": 900})
-        self.page.route("**/*", self._offline)
-        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        self.page.goto(path.as_uri())
-        self.page.wait_for_load_state("load")
-
-    def _offline(self, route) -> None:
-        if route.request.url.startswith("file://"):
-            route.continue_()
-        else:
-            self.blocked.append(route.request.url)
-            route.abort()
-
-    def our_errors(self) -> list[str]:
-        return [e for e in self.errors if not any(m in e for m in THEME_MESSAGES)]
 
 
 def chapter_page(chapter: Path) -> Path:
@@ -133,11 +89,11 @@ def test_explorer_boxes_equal_the_package(explorer):
     import torch
 
     from ssd_tutorial import anchors
-    from ssd_tutorial.explorer import _config_json
+    from ssd_tutorial.explorer import config_json
 
     for config in anchors.CONFIGS.values():
         theirs = explorer.page.evaluate(
-            "config => window.ssdAnchorExplorer.allBoxes(config)", _config_json(config)
+            "config => window.ssdExplorer.allBoxes(config)", config_json(config)
         )
         ours = anchors.default_boxes(config, dtype=torch.float64)
         torch.testing.assert_close(torch.tensor(theirs, dtype=torch.float64), ours)

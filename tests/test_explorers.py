@@ -1,0 +1,160 @@
+"""The explorers in real Chromium, each from a standalone page the package writes (no book build).
+
+For every explorer: each control changes the drawing, the numbers its script computes equal the
+package's on the same inputs, and the page logs no error and asks for nothing over the network.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssd_tutorial import anchor_clustering, anchors, boxes, explorer, matching
+from ssd_tutorial.photos import chelsea
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+@pytest.fixture
+def open_explorer(open_page, tmp_path):
+    """``open_explorer(data)``: the page of one explorer, opened offline, drawn."""
+
+    def open_(data: dict):
+        path = tmp_path / f"{data['explorer']}.html"
+        path.write_text(explorer.standalone_page(data))
+        page = open_page(path)
+        page.page.wait_for_selector(".ssd-explorer [data-role=status]")
+        return page
+
+    return open_
+
+
+def drawing(page) -> str:
+    return page.page.inner_html(".ssd-explorer-canvas")
+
+
+def status(page) -> str:
+    return page.page.inner_text(".ssd-explorer [data-role=status]")
+
+
+def changes_drawing(page, action) -> bool:
+    """Whether ``action()`` changes the picture and the status line."""
+    before = drawing(page), status(page)
+    action()
+    return (drawing(page), status(page)) != before
+
+
+def assert_clean(page) -> None:
+    assert page.blocked == [], f"the page needs the network: {page.blocked}"
+    assert page.our_errors() == []
+
+
+def kmeans_tiny() -> anchors.AnchorConfig:
+    """A config with explicit box shapes: k-means over random object sizes on SSD_TINY's maps."""
+    generator = torch.Generator().manual_seed(0)
+    wh = torch.rand(400, 2, generator=generator) * 100 + 4
+    return anchor_clustering.kmeans_config(wh, anchors.SSD_TINY)
+
+
+# --- anchors -----------------------------------------------------------------------------------
+
+
+def test_anchor_explorer_draws_explicit_shapes_as_the_package(open_explorer):
+    config = kmeans_tiny()
+    assert config.shapes
+    page = open_explorer(explorer.anchor_data({"k-means": config, "SSD300": anchors.SSD300}))
+    for c in (config, anchors.SSD300):
+        theirs = page.page.evaluate(
+            "config => window.ssdExplorer.allBoxes(config)", explorer.config_json(c)
+        )
+        ours = anchors.default_boxes(c, dtype=torch.float64)
+        torch.testing.assert_close(torch.tensor(theirs, dtype=torch.float64), ours, rtol=0, atol=0)
+    total = page.page.locator("[data-role=total]")
+    assert total.inner_text() == str(config.num_boxes)
+    assert page.page.locator("[data-role=scale]").is_disabled()
+    maps = page.page.eval_on_selector_all("[data-role=map] option", "els => els.map(e => e.text)")
+    assert maps[0] == "16x16 (conv4_1)"
+    cell = page.page.locator(".default-box")
+    assert cell.count() == config.boxes_per_cell[0]
+    page.page.select_option("[data-role=config]", "SSD300")
+    assert total.inner_text() == "8732"
+    assert_clean(page)
+
+
+# --- matching ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cat_matching(open_explorer):
+    photo = chelsea()
+    height, width = photo.size
+    boxes = photo.boxes / torch.tensor([width, height, width, height])
+    data = explorer.matching_data(anchors.SSD300, photo.image, boxes, photo.names)
+    return open_explorer(data), data
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3, 0.7])
+def test_matching_script_equals_the_package(cat_matching, threshold):
+    page, data = cat_matching
+    objects = [o["box"] for o in data["ground_truth"]]
+    objects.append([0.5, 0.3, 0.512, 0.312])  # a tiny object: only its forced box
+    theirs = page.page.evaluate(
+        """([objects, config, threshold]) => {
+            const X = window.ssdExplorer;
+            return X.match(objects, X.allBoxes(config).map(X.corners), threshold);
+        }""",
+        [objects, data["config"], threshold],
+    )
+    priors = anchors.default_boxes(anchors.SSD300, dtype=torch.float64)
+    gt = torch.tensor(objects, dtype=torch.float64)
+    iou = boxes.box_iou(gt, boxes.center_to_corners(priors))
+    torch.testing.assert_close(
+        torch.tensor(theirs["iou"], dtype=torch.float64), iou, rtol=0, atol=0
+    )
+    assert theirs["forced"] == iou.argmax(dim=1).tolist()
+    assert theirs["objectIndex"] == matching.match_indices([gt], priors, threshold)[0].tolist()
+    assert_clean(page)
+
+
+def test_matching_table_counts_the_package_positives(cat_matching):
+    page, data = cat_matching
+    priors = anchors.default_boxes(anchors.SSD300, dtype=torch.float64)
+    gt = torch.tensor([o["box"] for o in data["ground_truth"]], dtype=torch.float64)
+    index = matching.match_indices([gt], priors)[0]
+    map_of_prior = anchors.feature_map_index(anchors.SSD300)
+    for k in range(len(gt)):
+        page.page.select_option("[data-role=object]", str(k))
+        rows = page.page.eval_on_selector_all(
+            ".ssd-counts tr:not(.ssd-total)",
+            "rows => rows.slice(1).map(r => +r.cells[3].innerText)",
+        )
+        expected = torch.bincount(map_of_prior[index == k], minlength=6).tolist()
+        assert rows == expected
+    assert page.page.inner_text("[data-role=all-positives]") == str(int((index >= 0).sum()))
+
+
+def test_matching_controls_change_the_drawing(cat_matching):
+    page, _ = cat_matching
+    p = page.page
+    positives = p.locator("[data-role=positives]")
+    assert changes_drawing(page, lambda: p.select_option("[data-role=object]", "1"))
+    assert changes_drawing(page, lambda: p.select_option("[data-role=map]", "1"))
+    before = int(positives.inner_text())
+    assert changes_drawing(page, lambda: p.locator("[data-role=threshold]").fill("0.3"))
+    assert int(positives.inner_text()) > before
+    for role in ("box-x", "box-y", "box-w", "box-h"):
+        assert changes_drawing(page, lambda role=role: p.locator(f"[data-role={role}]").fill("0.3"))
+    assert changes_drawing(page, lambda: p.click("[data-role=tiny]"))
+    assert positives.inner_text() == "1"  # only the forced default box
+    assert changes_drawing(page, lambda: p.click("[data-role=reset]"))
+    canvas = p.locator(".ssd-explorer-canvas").bounding_box()
+
+    def drag() -> None:
+        p.mouse.move(canvas["x"] + 100, canvas["y"] + 100)
+        p.mouse.down()
+        p.mouse.move(canvas["x"] + 200, canvas["y"] + 160)
+        p.mouse.up()
+
+    assert changes_drawing(page, drag)
+    assert float(p.input_value("[data-role=box-w]")) == pytest.approx(100 / 420, abs=0.01)
+    assert_clean(page)
