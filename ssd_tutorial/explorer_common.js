@@ -156,6 +156,44 @@
     return node;
   }
 
+  // An x-y plot of `width` x `height` pixels with labelled axes over [x0, x1] x [y0, y1]. Returns
+  // its SVG element and the maps from data to pixel coordinates.
+  function plot(parent, width, height, [x0, x1], [y0, y1], xLabel, yLabel) {
+    const svg = el("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "ssd-plot" }, parent);
+    const [left, right, top, bottom] = [42, 10, 10, 34];
+    const x = (v) => left + ((v - x0) / (x1 - x0)) * (width - left - right);
+    const y = (v) => height - bottom - ((v - y0) / (y1 - y0)) * (height - top - bottom);
+    el("line", { x1: x(x0), y1: y(y0), x2: x(x1), y2: y(y0), class: "ssd-axis" }, svg);
+    el("line", { x1: x(x0), y1: y(y0), x2: x(x0), y2: y(y1), class: "ssd-axis" }, svg);
+    for (const v of [x0, (x0 + x1) / 2, x1]) text(svg, x(v), height - bottom + 13, +v.toFixed(2), { class: "ssd-axis-label", "text-anchor": "middle" });
+    for (const v of [y0, (y0 + y1) / 2, y1]) text(svg, left - 4, y(v) + 4, +v.toFixed(2), { class: "ssd-axis-label", "text-anchor": "end" });
+    text(svg, (left + width - right) / 2, height - 4, xLabel, { class: "ssd-axis-label", "text-anchor": "middle" });
+    text(svg, 11, (top + height - bottom) / 2, yLabel, { class: "ssd-axis-label", "text-anchor": "middle", transform: `rotate(-90 11 ${(top + height - bottom) / 2})` });
+    return { svg, x, y };
+  }
+
+  // A polyline through [x, y] data points of a plot.
+  function line(p, points, attrs) {
+    return el("polyline", { points: points.map(([a, b]) => `${p.x(a)},${p.y(b)}`).join(" "), fill: "none", ...attrs }, p.svg);
+  }
+
+  // Back, forward and to-the-end buttons and a step slider over 0..count, calling show(step).
+  function stepper(parent, show) {
+    const back = button(parent, "\u25c0 back", "back");
+    const forward = button(parent, "step \u25b6", "forward");
+    const end = button(parent, "to the end", "end");
+    const input = slider(parent, "step", "step", 0, 1, 1, 0);
+    const stepper = { step: 0, count: 0 };
+    const go = (step) => { stepper.step = Math.min(Math.max(step, 0), stepper.count); input.value = stepper.step; show(stepper.step); };
+    back.addEventListener("click", () => go(stepper.step - 1));
+    forward.addEventListener("click", () => go(stepper.step + 1));
+    end.addEventListener("click", () => go(stepper.count));
+    input.addEventListener("input", () => go(Number(input.value)));
+    // a new sequence (another class or threshold) of `count` steps, shown at `step`
+    stepper.reset = (count, step) => { stepper.count = count; input.max = count; go(step); };
+    return stepper;
+  }
+
   // The pointer position on the picture, relative to it in [0, 1].
   function pointer(svg, event) {
     const r = svg.getBoundingClientRect();
@@ -175,7 +213,8 @@
 
   window.ssdExplorer = {
     COLORS, cellShapes, mapBoxes, allBoxes, mapOfBoxes, corners, iou, argmax,
-    el, rect, text, control, slider, select, button, layout, photo, grid, table, pointer, copy,
+    el, rect, text, control, slider, select, button, layout, photo, grid, table, plot, line, stepper,
+    pointer, copy,
     register, render,
   };
 })();

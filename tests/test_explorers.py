@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssd_tutorial import anchor_clustering, anchors, boxes, explorer, matching
+from ssd_tutorial import anchor_clustering, anchors, boxes, explorer, matching, postprocess
+from ssd_tutorial.data import CLASS_NAMES, SyntheticShapes, eval_transforms
+from ssd_tutorial.model import build_ssd
 from ssd_tutorial.photos import chelsea
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -157,4 +159,72 @@ def test_matching_controls_change_the_drawing(cat_matching):
 
     assert changes_drawing(page, drag)
     assert float(p.input_value("[data-role=box-w]")) == pytest.approx(100 / 420, abs=0.01)
+    assert_clean(page)
+
+
+# --- NMS ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model_and_image():
+    """A seeded, untrained ssd_tiny (its outputs are all the explorers need) and one image."""
+    torch.manual_seed(0)
+    model = build_ssd("ssd_tiny", num_classes=len(CLASS_NAMES)).eval()
+    dataset = SyntheticShapes(length=4, image_size=128, seed=2, transforms=eval_transforms(128))
+    image, target = dataset[1]
+    return model, image, target
+
+
+@pytest.fixture
+def nms_page(open_explorer, tiny_model_and_image):
+    model, image, target = tiny_model_and_image
+    data = explorer.nms_data(model, image, CLASS_NAMES, target["boxes"], target["labels"])
+    return open_explorer(data), data
+
+
+@pytest.mark.parametrize(("score", "iou"), [(0.01, 0.45), (0.17, 0.3), (0.2, 0.6)])
+def test_nms_steps_and_detections_equal_the_package(nms_page, tiny_model_and_image, score, iou):
+    page, data = nms_page
+    model, image, _ = tiny_model_and_image
+    for c in data["candidates"].values():
+        scores = torch.tensor(c["score"], dtype=torch.float32)
+        kept = scores > score
+        boxes_ = torch.tensor(c["box"], dtype=torch.float32)[kept]
+        steps = page.page.evaluate(
+            "([boxes, iou]) => window.ssdExplorer.nmsSteps(boxes, iou)",
+            [c["box"][: int(kept.sum())], iou],
+        )
+        # after every step, the kept boxes are the first ones postprocess.nms keeps
+        assert [s["best"] for s in steps] == postprocess.nms(boxes_, scores[kept], iou).tolist()
+    with torch.no_grad():
+        loc, conf = model(image[None])
+    priors = anchors.default_boxes(model.config)
+    found = postprocess.detect(loc, conf, priors, conf_threshold=score, nms_threshold=iou)[0]
+    theirs = page.page.evaluate(
+        "([c, s, i]) => window.ssdExplorer.nmsDetections(c, s, i, 200)",
+        [data["candidates"], score, iou],
+    )
+    assert [d["label"] for d in theirs] == found.labels.tolist()
+    torch.testing.assert_close(torch.tensor([d["score"] for d in theirs]), found.scores)
+    torch.testing.assert_close(torch.tensor([d["box"] for d in theirs]).reshape(-1, 4), found.boxes)
+
+
+def test_nms_controls_change_the_drawing(nms_page):
+    page, _ = nms_page
+    p = page.page
+    kept = p.locator(".ssd-kept, .ssd-best")
+    assert kept.count() == 1
+    assert changes_drawing(page, lambda: p.click("[data-role=forward]"))
+    assert kept.count() == 2
+    assert changes_drawing(page, lambda: p.click("[data-role=back]"))
+    assert changes_drawing(page, lambda: p.click("[data-role=end]"))
+    assert "left" in status(page) and status(page).endswith(" 0 left")
+    assert changes_drawing(page, lambda: p.locator("[data-role=step]").fill("2"))
+    assert changes_drawing(page, lambda: p.select_option("[data-role=class]", "2"))
+    assert changes_drawing(page, lambda: p.locator("[data-role=score]").fill("0.18"))
+    assert changes_drawing(page, lambda: p.locator("[data-role=iou]").fill("0.2"))
+    summary = p.locator("[data-role=all-classes]")
+    before = summary.inner_text()
+    p.locator("[data-role=top-k]").fill("3")
+    assert summary.inner_text() != before and summary.inner_text().endswith("keeps 3.")
     assert_clean(page)
