@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssd_tutorial import anchor_clustering, anchors, boxes, explorer, matching, postprocess
+from ssd_tutorial import anchor_clustering, anchors, boxes, explorer, loss, matching, postprocess
 from ssd_tutorial.data import CLASS_NAMES, SyntheticShapes, eval_transforms
 from ssd_tutorial.model import build_ssd
 from ssd_tutorial.photos import chelsea
@@ -227,4 +227,47 @@ def test_nms_controls_change_the_drawing(nms_page):
     before = summary.inner_text()
     p.locator("[data-role=top-k]").fill("3")
     assert summary.inner_text() != before and summary.inner_text().endswith("keeps 3.")
+    assert_clean(page)
+
+
+# --- hard negatives ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mining_page(open_explorer, tiny_model_and_image):
+    model, image, target = tiny_model_and_image
+    data = explorer.mining_data(model, image, target["boxes"], target["labels"], CLASS_NAMES)
+    return open_explorer(data), data
+
+
+@pytest.mark.parametrize("ratio", [3, 0.5, 7])
+def test_mined_set_and_loss_terms_equal_the_package(mining_page, tiny_model_and_image, ratio):
+    page, data = mining_page
+    model, image, target = tiny_model_and_image
+    theirs = page.page.evaluate("([d, r]) => window.ssdExplorer.mine(d, r)", [data, ratio])
+    background_loss = torch.tensor([data["background_loss"]])
+    positive = torch.tensor([data["label"]]) > 0
+    mined = loss.hard_negative_mask(background_loss, positive, ratio)[0]
+    assert sorted(theirs["mined"]) == mined.nonzero()[:, 0].tolist()
+    with torch.no_grad():
+        loc, conf = model(image[None])
+    priors = anchors.default_boxes(model.config)
+    terms = loss.MultiBoxLoss(neg_pos_ratio=ratio)(
+        loc, conf, [target["boxes"]], [target["labels"]], priors
+    )
+    assert theirs["confidence"] == pytest.approx(float(terms.confidence), rel=1e-5)
+    assert theirs["localization"] == pytest.approx(float(terms.localization), rel=1e-5)
+
+
+def test_mining_controls_change_the_drawing(mining_page):
+    page, data = mining_page
+    p = page.page
+    mined = p.locator(".ssd-explorer-canvas .ssd-mined")
+    positives = int((torch.tensor(data["label"]) > 0).sum())
+    assert mined.count() == 3 * positives
+    conf_loss = p.inner_text("[data-role=conf-loss]")
+    assert changes_drawing(page, lambda: p.locator("[data-role=ratio]").fill("1"))
+    assert mined.count() == positives
+    assert p.inner_text("[data-role=conf-loss]") != conf_loss
+    assert changes_drawing(page, lambda: p.select_option("[data-role=map]", "0"))
     assert_clean(page)
