@@ -9,7 +9,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssd_tutorial import anchor_clustering, anchors, boxes, explorer, loss, matching, postprocess
+from ssd_tutorial import (
+    anchor_clustering,
+    anchors,
+    boxes,
+    evaluate,
+    explorer,
+    loss,
+    matching,
+    postprocess,
+)
 from ssd_tutorial.data import CLASS_NAMES, SyntheticShapes, eval_transforms
 from ssd_tutorial.model import build_ssd
 from ssd_tutorial.photos import chelsea
@@ -270,4 +279,80 @@ def test_mining_controls_change_the_drawing(mining_page):
     assert mined.count() == positives
     assert p.inner_text("[data-role=conf-loss]") != conf_loss
     assert changes_drawing(page, lambda: p.select_option("[data-role=map]", "0"))
+    assert_clean(page)
+
+
+# --- AP ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ranked_detections():
+    """Ground truth of four images (one object difficult) and detections made from it: two
+    moved and resized copies of every object (good or poor matches, duplicates) and three boxes
+    of random classes anywhere, all with random scores."""
+    generator = torch.Generator().manual_seed(0)
+    dataset = SyntheticShapes(length=4, image_size=128, seed=5)
+    images, targets, detections = [], [], []
+    for i in range(len(dataset)):
+        image, target = dataset[i]
+        gt = target["boxes"].as_subclass(torch.Tensor) / 128
+        labels = target["labels"]
+        difficult = torch.arange(len(gt)) == (0 if i == 0 else -1)
+        targets.append({"boxes": gt, "labels": labels, "difficult": difficult})
+        centre = boxes.corners_to_center(gt.repeat(2, 1))
+        moved = centre[:, :2] + (torch.rand(len(centre), 2, generator=generator) - 0.5) * 0.1
+        resized = centre[:, 2:] * (0.7 + 0.6 * torch.rand(len(centre), 2, generator=generator))
+        anywhere = torch.rand(3, 4, generator=generator) * torch.tensor([0.6, 0.6, 0.4, 0.4])
+        anywhere[:, :2] += anywhere[:, 2:] / 2
+        found = torch.cat((torch.cat((moved.clamp(0, 1), resized), dim=1), anywhere))
+        detections.append(
+            {
+                "boxes": boxes.center_to_corners(found).clamp(0, 1),
+                "scores": torch.rand(len(found), generator=generator),
+                "labels": torch.cat(
+                    (labels.repeat(2), torch.randint(1, 6, (3,), generator=generator))
+                ),
+            }
+        )
+        images.append(image)
+    return detections, targets, images
+
+
+@pytest.fixture
+def ap_page(open_explorer, ranked_detections):
+    data = explorer.ap_data(*ranked_detections, CLASS_NAMES)
+    return open_explorer(data), data
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3, 0.7])
+def test_ap_at_each_threshold_equals_voc_map(ap_page, ranked_detections, threshold):
+    page, data = ap_page
+    detections, targets, _ = ranked_detections
+    ours = evaluate.voc_map(detections, targets, iou_threshold=threshold)
+    area = evaluate.voc_map(detections, targets, iou_threshold=threshold, interpolation="voc2010")
+    for c, ap in ours.ap_per_class.items():
+        theirs = page.page.evaluate(
+            "([d, t, c, i]) => window.ssdExplorer.apCurve(d, t, c, i)",
+            [data["detections"], data["ground_truth"], c, threshold],
+        )
+        assert theirs["ap11"] == pytest.approx(ap, abs=1e-12)
+        assert theirs["area"] == pytest.approx(area.ap_per_class[c], abs=1e-12)
+        assert theirs["precision"] == ours.precision[c].tolist()
+        assert theirs["recall"] == ours.recall[c].tolist()
+
+
+def test_ap_controls_change_the_drawing(ap_page):
+    page, _ = ap_page
+    p = page.page
+    assert changes_drawing(page, lambda: p.click("[data-role=forward]"))
+    assert changes_drawing(page, lambda: p.click("[data-role=back]"))
+    assert "to go" in p.inner_text("[data-role=ap]")
+    assert changes_drawing(page, lambda: p.click("[data-role=end]"))
+    assert p.locator(".ssd-point").count() == 11
+    assert p.inner_text("[data-role=ap]").startswith("AP (11-point, VOC2007)")
+    ap = p.inner_text("[data-role=ap]")
+    p.locator("[data-role=iou]").fill("0.8")
+    assert p.inner_text("[data-role=ap]") != ap
+    assert changes_drawing(page, lambda: p.locator("[data-role=step]").fill("2"))
+    assert changes_drawing(page, lambda: p.select_option("[data-role=class]", index=1))
     assert_clean(page)
