@@ -82,6 +82,8 @@ _STYLE = """
 .ssd-explorer .ssd-current { background: rgba(255, 235, 59, 0.35); }
 .ssd-explorer .ssd-total { font-weight: bold; border-top: 1px solid #999; }
 .ssd-explorer .ssd-status { color: #333; margin-bottom: 0.4em; }
+.ssd-explorer .ssd-readout { min-width: 2.5em; font-variant-numeric: tabular-nums; }
+.ssd-explorer-side { max-height: 440px; overflow-y: auto; }
 """
 
 

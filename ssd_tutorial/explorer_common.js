@@ -15,7 +15,7 @@
   function cellShapes(map, imageSize, clip) {
     let shapes;
     if (map.shapes) {
-      shapes = map.shapes.map(([w, h]) => [w / imageSize, h / imageSize, `${w.toFixed(0)}x${h.toFixed(0)}`]);
+      shapes = map.shapes.map(([w, h], k) => [w / imageSize, h / imageSize, `#${k + 1}`]);
     } else {
       const s = map.min_size / imageSize;
       const sPrime = Math.sqrt(map.min_size * map.max_size) / imageSize;
@@ -100,8 +100,17 @@
     return input;
   }
 
+  // A range input with its value shown beside it.
   function slider(parent, label, role, min, max, step, value) {
-    return control(parent, label, el("input", { type: "range", min, max, step, value, "data-role": role }));
+    const input = control(parent, label, el("input", { type: "range", min, max, step, value, "data-role": role }));
+    const readout = el("output", { class: "ssd-readout" }, input.parentNode);
+    const show = () => { readout.textContent = input.value; };
+    input.addEventListener("input", show);
+    show();
+    // a value set by the script (a new map, a reset) shows too
+    const setter = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value");
+    Object.defineProperty(input, "value", { get: () => setter.get.call(input), set: (v) => { setter.set.call(input, v); show(); } });
+    return input;
   }
 
   function select(parent, label, role, options) {
