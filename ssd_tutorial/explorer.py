@@ -40,6 +40,7 @@ from ssd_tutorial import anchors
 from ssd_tutorial.boxes import decode
 from ssd_tutorial.matching import match_objects
 from ssd_tutorial.photos import LabelledPhoto, chelsea
+from ssd_tutorial.preprocess import denormalize
 
 #: The script of each explorer, after the shared ``explorer_common.js``.
 SCRIPTS = {
@@ -489,9 +490,7 @@ def _predict(model: nn.Module, image: Tensor) -> tuple[Tensor, Tensor]:
 
 def _network_input_to_pixels(model: nn.Module, image: Tensor) -> np.ndarray:
     """A normalised network input ``[3, S, S]`` back to ``uint8 [S, S, 3]`` pixels."""
-    mean = torch.tensor(model.image_mean).view(3, 1, 1)
-    std = torch.tensor(model.image_std).view(3, 1, 1)
-    return _image_array(image.cpu() * std + mean)
+    return _image_array(denormalize(image.cpu(), model.image_mean, model.image_std))
 
 
 def _image_array(image: Tensor | np.ndarray) -> np.ndarray:
