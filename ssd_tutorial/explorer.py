@@ -26,7 +26,7 @@ import functools
 import io
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -126,6 +126,18 @@ def show(data: dict):
     return HTML(explorer_html(data))
 
 
+def _displayed(make_data: Callable[..., dict], name: str) -> Callable:
+    """``make_data``'s explorer, ready to display: same arguments, an ``HTML`` object back."""
+
+    @functools.wraps(make_data)
+    def explorer(*args: Any, **kwargs: Any):
+        return show(make_data(*args, **kwargs))
+
+    explorer.__name__ = explorer.__qualname__ = name
+    explorer.__doc__ = f"The explorer of :func:`{make_data.__name__}`, ready to display."
+    return explorer
+
+
 # --- anchors (chapter 3) --------------------------------------------------------------------
 
 
@@ -159,14 +171,7 @@ def anchor_data(
     }
 
 
-def anchor_explorer(
-    configs: Mapping[str, anchors.AnchorConfig] | None = None,
-    photo: LabelledPhoto | None = None,
-    initial: str | None = None,
-    view: int = 420,
-):
-    """The anchor explorer of :func:`anchor_data`, ready to display in a notebook cell."""
-    return show(anchor_data(configs, photo, initial, view))
+anchor_explorer = _displayed(anchor_data, "anchor_explorer")
 
 
 def config_json(config: anchors.AnchorConfig) -> dict:
@@ -279,15 +284,7 @@ def matching_data(
     }
 
 
-def matching_explorer(
-    config: anchors.AnchorConfig,
-    image: Tensor | np.ndarray,
-    boxes: Tensor,
-    names: Sequence[str],
-    view: int = 420,
-):
-    """The matching explorer of :func:`matching_data`, ready to display in a notebook cell."""
-    return show(matching_data(config, image, boxes, names, view))
+matching_explorer = _displayed(matching_data, "matching_explorer")
 
 
 # --- hard negative mining (chapter 6) -------------------------------------------------------
@@ -335,16 +332,7 @@ def mining_data(
     }
 
 
-def mining_explorer(
-    model: nn.Module,
-    image: Tensor,
-    boxes: Tensor,
-    labels: Tensor,
-    class_names: Sequence[str],
-    view: int = 360,
-):
-    """The mining explorer of :func:`mining_data`, ready to display in a notebook cell."""
-    return show(mining_data(model, image, boxes, labels, class_names, view))
+mining_explorer = _displayed(mining_data, "mining_explorer")
 
 
 # --- NMS (chapter 9) ------------------------------------------------------------------------
@@ -396,16 +384,7 @@ def nms_data(
     }
 
 
-def nms_explorer(
-    model: nn.Module,
-    image: Tensor,
-    class_names: Sequence[str],
-    boxes: Tensor | None = None,
-    labels: Tensor | None = None,
-    view: int = 360,
-):
-    """The NMS stepper of :func:`nms_data`, ready to display in a notebook cell."""
-    return show(nms_data(model, image, class_names, boxes, labels, view=view))
+nms_explorer = _displayed(nms_data, "nms_explorer")
 
 
 # --- AP (chapter 10) ------------------------------------------------------------------------
@@ -463,15 +442,7 @@ def ap_data(
     }
 
 
-def ap_explorer(
-    detections: Sequence[Any],
-    targets: Sequence[Mapping[str, Tensor]],
-    images: Sequence[np.ndarray],
-    class_names: Sequence[str],
-    view: int = 240,
-):
-    """The AP builder of :func:`ap_data`, ready to display in a notebook cell."""
-    return show(ap_data(detections, targets, images, class_names, view))
+ap_explorer = _displayed(ap_data, "ap_explorer")
 
 
 # --- helpers ----------------------------------------------------------------------------------
