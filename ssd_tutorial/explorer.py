@@ -353,7 +353,8 @@ def nms_data(
     The candidates are what :func:`~ssd_tutorial.postprocess.detect` puts into NMS at its
     lowest confidence threshold ``min_score``: per class, the ``candidates_per_class`` best
     decoded boxes (clamped to the image) scoring above it, best first, equal scores in
-    default-box order. A higher threshold keeps a prefix of that list.
+    default-box order. A higher threshold keeps a prefix of that list. The stepper opens on the
+    class of the highest score.
 
     Args:
         image (Tensor[3, S, S]): the network input.
@@ -370,11 +371,14 @@ def nms_data(
         best = above[order]
         candidates[c] = {"box": decoded[best].tolist(), "score": scores[best, c].tolist()}
     truth = [] if boxes is None else _objects_json(boxes, [class_names[k] for k in labels.tolist()])
+    # open on the class the model is surest of somewhere in the image
+    initial_class = max(candidates, key=lambda c: max(candidates[c]["score"], default=0.0))
     return {
         "explorer": "nms",
         "image": _jpeg_data_uri(_network_input_to_pixels(model, image), view),
         "class_names": list(class_names),
         "candidates": candidates,
+        "initial_class": initial_class,
         "ground_truth": truth,
         "min_score": min_score,
         "conf_threshold": 0.01,

@@ -36,10 +36,11 @@
 
   function render(root, data) {
     const view = data.view;
-    const state = { label: Object.keys(data.candidates)[0], score: data.conf_threshold, iou: data.nms_threshold, topK: data.top_k };
+    const state = { label: String(data.initial_class), score: data.conf_threshold, iou: data.nms_threshold, topK: data.top_k };
     const { controls, status, svg, side } = X.layout(root, view);
     const labels = Object.keys(data.candidates).map((c) => [c, data.class_names[c]]);
     const classSelect = X.select(controls, "class", "class", labels);
+    classSelect.value = state.label;
     const scoreInput = X.slider(controls, "score >", "score", data.min_score, 0.9, 0.01, state.score);
     const iouInput = X.slider(controls, "NMS IoU >", "iou", 0.05, 0.95, 0.05, state.iou);
     const topKInput = X.control(controls, "top-k", X.el("input", { type: "number", min: 1, max: 200, value: state.topK, "data-role": "top-k", style: "width: 4em" }));

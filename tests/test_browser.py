@@ -124,3 +124,32 @@ def test_explorer_controls_change_the_drawing(explorer):
     page.locator(".ssd-explorer [data-role=iou]").fill("0.3")
     assert int(matched.inner_text()) > before
     assert explorer.our_errors() == []
+
+
+#: The chapters that show an explorer besides chapter 3's, and the kind of each.
+EXPLORER_PAGES = {
+    "05_matching": "matching",
+    "06_loss_and_hard_negatives": "mining",
+    "09_inference_and_nms": "nms",
+    "10_evaluation": "ap",
+    "12_what_accuracy_needs": "anchors",
+}
+
+
+@pytest.mark.parametrize("stem", EXPLORER_PAGES)
+def test_every_explorer_of_the_book_draws_and_answers_a_control(browser, stem):
+    """In the built page, offline: the explorer draws, says what it shows, and redraws when
+    its first slider moves (tests/test_explorers.py checks each one's numbers)."""
+    page = Page(browser, HTML / "notebooks" / f"{stem}.html")
+    root = page.page.locator(".ssd-explorer").first
+    root.wait_for(timeout=10_000)
+    status = root.locator("[data-role=status]")
+    before = (status.inner_text(), root.locator("svg").first.inner_html())
+    assert before[0].strip(), "the status line says what the picture shows"
+    slider = root.locator("input[type=range]:enabled").first
+    low, high = float(slider.get_attribute("min")), float(slider.get_attribute("max"))
+    slider.fill(str(low + 0.8 * (high - low)))
+    after = (status.inner_text(), root.locator("svg").first.inner_html())
+    assert after != before
+    assert page.blocked == [] and page.our_errors() == []
+    page.page.close()

@@ -219,8 +219,13 @@ def test_nms_steps_and_detections_equal_the_package(nms_page, tiny_model_and_ima
 
 
 def test_nms_controls_change_the_drawing(nms_page):
-    page, _ = nms_page
+    page, data = nms_page
     p = page.page
+    first = data["initial_class"]
+    assert max(data["candidates"][first]["score"]) == max(
+        max(c["score"], default=0) for c in data["candidates"].values()
+    )
+    assert p.locator("[data-role=class]").input_value() == str(first)
     kept = p.locator(".ssd-kept, .ssd-best")
     assert kept.count() == 1
     assert changes_drawing(page, lambda: p.click("[data-role=forward]"))
@@ -229,7 +234,10 @@ def test_nms_controls_change_the_drawing(nms_page):
     assert changes_drawing(page, lambda: p.click("[data-role=end]"))
     assert "left" in status(page) and status(page).endswith(" 0 left")
     assert changes_drawing(page, lambda: p.locator("[data-role=step]").fill("2"))
-    assert changes_drawing(page, lambda: p.select_option("[data-role=class]", "2"))
+    # another class, one with candidates that a score threshold of 0.18 drops
+    others = [c for c in data["candidates"] if c != first]
+    other = str(min(others, key=lambda c: min(data["candidates"][c]["score"], default=1.0)))
+    assert changes_drawing(page, lambda: p.select_option("[data-role=class]", other))
     assert changes_drawing(page, lambda: p.locator("[data-role=score]").fill("0.18"))
     assert changes_drawing(page, lambda: p.locator("[data-role=iou]").fill("0.2"))
     summary = p.locator("[data-role=all-classes]")
