@@ -4,7 +4,9 @@ The discussion chapter tests the paper's claims by training variants of the tiny
 house recipe, each under its own name and cache folder (:func:`ssd_tutorial.zoo.shapes_model`),
 and scoring them all alike: :func:`evaluate_variant` gives the mAP overall and per object size
 on the validation shapes, :func:`detection_latency` the time of a forward pass plus the
-post-processing. :func:`run_variant` does both steps for a named variant. The builders make the
+post-processing. :func:`run_variant` does both steps for a named variant, :func:`run_seeds` once
+per seed of :data:`SEEDS` and gives each metric's mean and standard deviation over the runs, and
+:func:`compare` reads the difference of two variants against that spread. The builders make the
 variants' networks: the tiny base with other default boxes, or fed another input size
 (:func:`tiny_ssd`), with :func:`with_ratios` for configs that differ in their aspect ratios.
 :func:`results_table` prints the results side by side.
@@ -13,9 +15,11 @@ variants' networks: the tiny base with other default boxes, or fed another input
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -28,7 +32,7 @@ from ssd_tutorial.evaluate import ap_by_size, predict, voc_map
 from ssd_tutorial.model import SSD, config_for_size
 from ssd_tutorial.postprocess import detect
 from ssd_tutorial.profiling import time_ms
-from ssd_tutorial.zoo import shapes_data, shapes_model
+from ssd_tutorial.zoo import SHORT_RUN_AUGMENTATIONS, shapes_data, shapes_model
 
 #: Object-size buckets by box area relative to the image (:mod:`ssd_tutorial.data.sizes`):
 #: COCO's small and large thresholds, as fractions of the image area.
@@ -39,8 +43,10 @@ SIZE_BUCKETS: dict[str, tuple[float, float]] = {
 }
 
 #: The augmentation ablation: variant name -> switches of
-#: :func:`~ssd_tutorial.data.transforms.train_transforms` (all on, each one off, all off).
+#: :func:`~ssd_tutorial.data.transforms.train_transforms` (the book's flips only, all on, each
+#: one off, all off).
 AUGMENTATION_ABLATION: dict[str, dict[str, bool]] = {
+    "flips only": dict(SHORT_RUN_AUGMENTATIONS),
     "all": {},
     "no photometric": {"photometric": False},
     "no zoom out": {"zoom_out": False},
@@ -50,27 +56,25 @@ AUGMENTATION_ABLATION: dict[str, dict[str, bool]] = {
 }
 
 
+#: Seeds of the runs of every variant in :func:`run_seeds`: three runs give a mean and a spread.
+SEEDS: tuple[int, ...] = (0, 1, 2)
+
+
 def tiny_ssd(
-    config: AnchorConfig = SSD_TINY, image_size: int | None = None, seed: int | None = None
+    config: AnchorConfig = SSD_TINY, image_size: int | None = None
 ) -> Callable[[int], SSD]:
     """A ``build(num_classes)`` for :func:`~ssd_tutorial.zoo.shapes_model`: the tiny base with
-    other default boxes, another input size, or other initial weights.
+    other default boxes or another input size.
 
     Args:
         config: the default boxes (for the tiny base's 128 px input unless ``image_size``).
         image_size: feed the base this many pixels; ``config`` is then resized to the maps the
             base gives at that size (:func:`~ssd_tutorial.model.config_for_size`).
-        seed: draw the initial weights from this seed instead of the zoo's (a second run of the
-            same variant, to see how much results vary from run to run).
     """
-    return partial(_build_tiny, config, image_size, seed)
+    return partial(_build_tiny, config, image_size)
 
 
-def _build_tiny(
-    config: AnchorConfig, image_size: int | None, seed: int | None, num_classes: int
-) -> SSD:
-    if seed is not None:
-        torch.manual_seed(seed)
+def _build_tiny(config: AnchorConfig, image_size: int | None, num_classes: int) -> SSD:
     base = tiny_features()
     if image_size is not None:
         config = config_for_size(base, config, image_size)
@@ -120,16 +124,17 @@ def run_variant(
     steps: int | None = None,
     *,
     build: Callable[[int], SSD] | None = None,
-    augmentations: Mapping[str, bool] = AUGMENTATION_ABLATION["all"],
+    augmentations: Mapping[str, bool] | None = None,
     num_images: int = 300,
     progress: bool = True,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Train (or load from the cache) the variant ``name``, evaluate it and time it.
 
     Args:
-        name, steps, build, progress: as in :func:`~ssd_tutorial.zoo.shapes_model`.
-        augmentations: as there, but all of SSD's by default (``AUGMENTATION_ABLATION["all"]``),
-            so that every variant is measured against SSD's own pipeline.
+        name, steps, build, augmentations, progress, seed: as in
+            :func:`~ssd_tutorial.zoo.shapes_model` (the default augmentations are the book's
+            model's, flips only; ``AUGMENTATION_ABLATION`` has the others).
         num_images: validation images for :func:`evaluate_variant`.
 
     Returns:
@@ -137,7 +142,13 @@ def run_variant(
         ``image_size`` and ``latency_ms`` (:func:`detection_latency` for one image, in ms).
     """
     model, _ = shapes_model(
-        steps, name=name, build=build, augmentations=augmentations, progress=progress
+        steps,
+        name=name,
+        build=build,
+        augmentations=augmentations,
+        progress=progress,
+        seed=seed,
+        validate=False,  # scored below, once, overall and by object size
     )
     return {
         **evaluate_variant(model, num_images),
@@ -145,6 +156,63 @@ def run_variant(
         "image_size": model.config.image_size,
         "latency_ms": 1000 * detection_latency(model),
     }
+
+
+def run_seeds(
+    name: str, steps: int | None = None, seeds: Sequence[int] = SEEDS, **options: Any
+) -> dict[str, Any]:
+    """:func:`run_variant` once per seed, and each metric's mean and spread over the runs.
+
+    Args:
+        name, steps: as in :func:`run_variant`.
+        seeds: one training run per seed (at least two, for a spread).
+        options: for :func:`run_variant` (``build``, ``augmentations``, ``num_images``, ...).
+
+    Returns:
+        For every metric of :func:`run_variant` that all runs have: its mean over the runs
+        under the same key, and the sample standard deviation under ``<key>_std`` (a value
+        that all runs share, such as ``boxes``, is kept as it is, with no spread); ``runs``,
+        the list of the runs' own metrics.
+    """
+    if len(seeds) < 2:
+        raise ValueError(f"a spread needs at least 2 seeds, got {list(seeds)}")
+    runs = [run_variant(name, steps, seed=seed, **options) for seed in seeds]
+    summary: dict[str, Any] = {"runs": runs}
+    for key in runs[0]:
+        values = [run[key] for run in runs if key in run]
+        if len(values) < len(runs):
+            continue
+        if all(value == values[0] for value in values):
+            summary[key] = values[0]  # a property of the variant, such as its number of boxes
+        else:
+            summary[key] = statistics.fmean(values)
+            summary[f"{key}_std"] = statistics.stdev(values)
+    return summary
+
+
+def compare(
+    better: Mapping[str, Any], worse: Mapping[str, Any], key: str
+) -> tuple[float, float, str]:
+    """Whether variant ``better`` beats ``worse`` on metric ``key``, against the run-to-run noise.
+
+    Both are :func:`run_seeds` summaries. The difference of the two means has a standard error
+    of ``sqrt(s_a**2 / n_a + s_b**2 / n_b)`` (``s`` the standard deviation over a variant's
+    ``n`` runs); a difference of more than two standard errors is called real, in the
+    direction of its sign. With three runs a side that is a rough test: it tells a clear
+    difference from noise, not a small one.
+
+    Returns:
+        ``(difference, standard_error, verdict)``; the verdict is ``"supports"`` (``better``
+        is higher), ``"contradicts"`` (lower) or ``"undecided"``.
+    """
+    difference = better[key] - worse[key]
+    error = math.sqrt(
+        better.get(f"{key}_std", 0.0) ** 2 / len(better["runs"])
+        + worse.get(f"{key}_std", 0.0) ** 2 / len(worse["runs"])
+    )  # a metric equal in all runs of a variant has no spread
+    if abs(difference) <= 2 * error:
+        return difference, error, "undecided"
+    return difference, error, "supports" if difference > 0 else "contradicts"
 
 
 @torch.inference_mode()
@@ -184,11 +252,15 @@ def detection_latency(
 def results_table(results: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> str:
     """A plain-text table: one row per variant (``results`` keys), one column per metric.
 
-    Floats are printed with 3 decimals, other values as they are; a metric a variant lacks
-    (e.g. a size bucket without objects) shows as ``-``.
+    Floats are printed with 3 decimals, other values as they are; a metric with a spread
+    (``<key>_std``, see :func:`run_seeds`) as ``mean ± std``; a metric a variant lacks (e.g. a
+    size bucket without objects) as ``-``.
     """
     header = ["variant", *columns]
-    rows = [[name, *(_cell(metrics.get(c)) for c in columns)] for name, metrics in results.items()]
+    rows = [
+        [name, *(_cell(metrics.get(c), metrics.get(f"{c}_std")) for c in columns)]
+        for name, metrics in results.items()
+    ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
@@ -197,7 +269,9 @@ def results_table(results: Mapping[str, Mapping[str, float]], columns: Sequence[
     return "\n".join(lines)
 
 
-def _cell(value: object) -> str:
+def _cell(value: object, spread: float | None = None) -> str:
     if value is None:
         return "-"
+    if spread is not None:
+        return f"{value:.3f} ± {spread:.3f}"
     return f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -64,12 +64,13 @@ SHORT_RUN_AUGMENTATIONS: dict[str, bool] = {
 }
 
 
-def shapes_recipe(steps: int) -> TrainConfig:
+def shapes_recipe(steps: int, seed: int = 0) -> TrainConfig:
     """The ``tiny_cpu`` preset for ``steps`` steps, the learning rate falling to 0 along a
-    cosine."""
+    cosine; ``seed`` sets the data order and augmentation (see :class:`TrainConfig`)."""
     return TrainConfig(
         **PRESETS["tiny_cpu"],
         schedule="cosine",
+        seed=seed,
         epochs=-(-steps // STEPS_PER_EPOCH),
         max_steps=steps,
         log_every=10,
@@ -133,6 +134,8 @@ def shapes_model(
     name: str = "ssd_tiny",
     build: Callable[[int], SSD] | None = None,
     augmentations: Mapping[str, bool] | None = None,
+    seed: int = 0,
+    validate: bool = True,
 ) -> tuple[SSD, tuple[str, ...]]:
     """An SSD trained on the synthetic shapes, trained now or loaded from the cache.
 
@@ -146,6 +149,11 @@ def shapes_model(
         augmentations: switches of :func:`~ssd_tutorial.data.transforms.train_transforms`,
             e.g. ``{"flip": False}``; ``{}`` is all of SSD's (default:
             :data:`SHORT_RUN_AUGMENTATIONS`).
+        seed: of the whole run: the initial weights, the data order and the augmentation. Runs
+            that differ only in their seed show how much training alone moves the results.
+        validate: score the validation images after every epoch of training (the ``eval.csv``
+            of the training chapter's curves, and the mAP that ``progress`` prints); runs that
+            are scored once they are done (chapter 12's variants) save that time with ``False``.
 
     Returns:
         ``(model, class_names)``: the model in eval mode on the CPU, and
@@ -153,26 +161,33 @@ def shapes_model(
     """
     steps = steps or _default_steps()
     build = build or partial(build_ssd, "ssd_tiny")
-    run = shapes_run_dir(steps, cache_dir, name)
+    run = shapes_run_dir(steps, cache_dir, name, seed)
     checkpoint = run / "model.pt"
     with torch.random.fork_rng():  # the same initial weights every time, the caller's RNG intact
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         model = build(len(CLASS_NAMES))
     if not checkpoint.is_file():
         shutil.rmtree(run, ignore_errors=True)  # the logs of an interrupted run, if any
-        _train(model, steps, run, progress, augmentations)
+        _train(model, shapes_recipe(steps, seed), run, progress, augmentations, validate)
     load_checkpoint(checkpoint, model)
     return model.eval(), CLASS_NAMES
 
 
 def _train(
-    model: SSD, steps: int, run: Path, progress: bool, augmentations: Mapping[str, bool] | None
+    model: SSD,
+    recipe: TrainConfig,
+    run: Path,
+    progress: bool,
+    augmentations: Mapping[str, bool] | None,
+    validate: bool = True,
 ) -> None:
-    """Train ``model`` with :func:`shapes_recipe` and leave ``run / "model.pt"`` when done."""
+    """Train ``model`` with ``recipe`` and leave ``run / "model.pt"`` when done; score the
+    validation images after every epoch if ``validate``."""
     size = model.config.image_size
+    steps = recipe.max_steps
     trainer = Trainer(
         model,
-        shapes_recipe(steps),
+        recipe,
         device="cpu",
         out_dir=run,
         progress=False,
@@ -194,20 +209,24 @@ def _train(
         # One line per epoch rather than a progress bar: a notebook cell that runs for
         # minutes would otherwise send thousands of display updates.
         print(f"training {run.name} ({steps} steps of {BATCH_SIZE} images)")
-    trainer.fit(train, evaluate_and_report)
+    trainer.fit(train, evaluate_and_report if validate else None)
     trainer.save_checkpoint(run / "model.pt")  # written last: its presence means a finished run
 
 
 def shapes_run_dir(
-    steps: int | None = None, cache_dir: Path | str | None = None, name: str = "ssd_tiny"
+    steps: int | None = None,
+    cache_dir: Path | str | None = None,
+    name: str = "ssd_tiny",
+    seed: int = 0,
 ) -> Path:
-    """The folder of the :func:`shapes_model` run ``name`` of ``steps`` steps (default as there):
-    ``model.pt`` once the run has finished, ``train.csv`` and ``eval.csv`` (see
+    """The folder of the :func:`shapes_model` run ``name`` of ``steps`` steps (default as there)
+    with ``seed``: ``model.pt`` once the run has finished, ``train.csv`` and ``eval.csv`` (see
     :class:`~ssd_tutorial.train.Trainer`)."""
     steps = steps or _default_steps()
     if cache_dir is None:
         cache_dir = os.environ.get("SSD_TUTORIAL_CACHE") or Path.home() / ".cache" / "ssd_tutorial"
-    return Path(cache_dir) / f"{name}_shapes_{steps}_steps"
+    suffix = f"_seed{seed}" if seed else ""
+    return Path(cache_dir) / f"{name}_shapes_{steps}_steps{suffix}"
 
 
 def _default_steps() -> int:

@@ -43,15 +43,12 @@ def test_size_buckets_cover_all_areas_at_the_package_thresholds():
     )
 
 
-def test_tiny_ssd_builds_like_the_zoo_unless_seeded():
+def test_tiny_ssd_builds_like_the_zoo():
     torch.manual_seed(0)
     default = ablation.tiny_ssd()(9)
     torch.manual_seed(0)
     reference = build_ssd("ssd_tiny", 9)
     torch.testing.assert_close(default.state_dict(), reference.state_dict(), rtol=0, atol=0)
-    torch.manual_seed(0)
-    seeded = ablation.tiny_ssd(seed=1)(9)
-    assert not torch.equal(seeded.head.conf[0].weight, reference.head.conf[0].weight)
 
 
 def test_tiny_ssd_at_another_size_resizes_the_default_boxes():
@@ -99,7 +96,9 @@ def test_run_variant_trains_once_and_evaluates(tmp_path, monkeypatch):
     )
     assert metrics["boxes"] == 2 * 341 and metrics["image_size"] == 128
     assert 0 <= metrics["map"] <= 1 and metrics["latency_ms"] > 0
-    assert (tmp_path / "squares_shapes_1_steps" / "model.pt").is_file()
+    run = tmp_path / "squares_shapes_1_steps"
+    assert (run / "model.pt").is_file() and (run / "train.csv").is_file()
+    assert not (run / "eval.csv").exists()  # scored once, after training, not every epoch
 
 
 def test_results_table_lines_up_variants_and_metrics():
@@ -110,3 +109,51 @@ def test_results_table_lines_up_variants_and_metrics():
         "all      0.500   1524",
         "no flip  0.250      -",
     ]
+
+
+def test_results_table_shows_a_spread_beside_its_mean():
+    results = {"all": {"map": 0.5, "map_std": 0.0125, "boxes": 1524}}
+    assert ablation.results_table(results, ["map", "boxes"]).splitlines()[1] == (
+        "all      0.500 ± 0.013   1524"
+    )
+
+
+def test_run_seeds_runs_every_seed_and_summarises_each_metric(monkeypatch):
+    calls = []
+
+    def fake_run(name, steps=None, *, seed=0, **options):
+        calls.append((name, steps, seed, options))
+        metrics = {"map": 0.1 * (seed + 1), "boxes": 1524}
+        if seed != 1:
+            metrics["map_small"] = 0.5  # a bucket one run lacks has no summary
+        return metrics
+
+    monkeypatch.setattr(ablation, "run_variant", fake_run)
+    summary = ablation.run_seeds("v", 7, seeds=(0, 1, 2), num_images=5)
+    assert calls == [("v", 7, seed, {"num_images": 5}) for seed in (0, 1, 2)]
+    assert summary["map"] == pytest.approx(0.2) and summary["map_std"] == pytest.approx(0.1)
+    assert summary["boxes"] == 1524 and "boxes_std" not in summary
+    assert "map_small" not in summary and len(summary["runs"]) == 3
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        ablation.run_seeds("v", 7, seeds=(0,))
+
+
+def summary_of(*values):
+    runs = [{"map": v} for v in values]
+    return {"runs": runs, "map": sum(values) / len(values), "map_std": torch.tensor(values).std()}
+
+
+@pytest.mark.parametrize(
+    ("better", "worse", "verdict"),
+    [
+        ((0.50, 0.52, 0.51), (0.40, 0.41, 0.39), "supports"),
+        ((0.40, 0.41, 0.39), (0.50, 0.52, 0.51), "contradicts"),
+        ((0.50, 0.30, 0.40), (0.45, 0.35, 0.38), "undecided"),
+    ],
+)
+def test_compare_reads_a_difference_against_two_standard_errors(better, worse, verdict):
+    difference, error, said = ablation.compare(summary_of(*better), summary_of(*worse), "map")
+    assert difference == pytest.approx(sum(better) / 3 - sum(worse) / 3)
+    expected = (torch.tensor(better).var() / 3 + torch.tensor(worse).var() / 3).sqrt()
+    assert float(error) == pytest.approx(float(expected))
+    assert said == verdict

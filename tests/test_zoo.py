@@ -65,6 +65,23 @@ def test_shapes_model_trains_once_then_loads_from_the_cache(tmp_path, monkeypatc
 def test_cache_folder_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SSD_TUTORIAL_CACHE", str(tmp_path))
     assert zoo.shapes_run_dir(600) == tmp_path / "ssd_tiny_shapes_600_steps"
+    assert zoo.shapes_run_dir(600, seed=2) == tmp_path / "ssd_tiny_shapes_600_steps_seed2"
+
+
+def test_the_seed_sets_the_initial_weights_and_the_data_order(monkeypatch, tmp_path):
+    seen = {}
+
+    def record(model, recipe, run, progress, augmentations, validate):
+        seen[recipe.seed] = (model.head.conf[0].weight.clone(), run)
+        raise KeyboardInterrupt  # stop before any training
+
+    monkeypatch.setattr(zoo, "_train", record)
+    for seed in (0, 1):
+        with pytest.raises(KeyboardInterrupt):
+            zoo.shapes_model(steps=3, cache_dir=tmp_path, seed=seed)
+    assert not torch.equal(seen[0][0], seen[1][0])
+    assert seen[0][1] != seen[1][1]  # each seed has its own cache folder
+    assert zoo.shapes_recipe(3, seed=1).seed == 1
 
 
 @pytest.mark.slow
@@ -100,6 +117,8 @@ def test_variants_train_their_own_network_and_data_in_their_own_folder(tmp_path,
 def _bench_learning():
     """benchmarks/bench_learning.py, which defines the earlier recipe."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_learning.py"
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))  # for the benchmarks' shared timing module
     spec = importlib.util.spec_from_file_location("bench_learning", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
