@@ -58,7 +58,7 @@ test: lint browser-deps $(STAMP)
 
 # Ours against torchvision's SSD on this machine (benchmarks/README.md); writes
 # benchmarks/RESULTS.md, which the book's appendix shows. QUICK=0 times longer. Then the
-# tiny SSD's learning speed, two recipes side by side (benchmarks/LEARNING.md).
+# tiny SSD's learning speed, two recipes side by side (its own section of RESULTS.md).
 bench: $(STAMP)
 	$(PY) benchmarks/bench_all.py --write $(if $(filter 1,$(QUICK)),--quick,)
 	$(PY) benchmarks/bench_learning.py --write

@@ -73,7 +73,14 @@ from bench_matching_loss import make_batch
 from bench_matching_loss import tasks as matching_loss_tasks
 from bench_postprocess import check_same, trained_like_logits
 from bench_postprocess import torchvision_ssd as postprocess_ssd
-from timing import Comparison, best_of_rounds, environment, median_seconds
+from timing import (
+    Comparison,
+    best_of_rounds,
+    environment,
+    learning_section,
+    median_seconds,
+    with_learning_section,
+)
 from torch import nn
 from torchvision.models.detection import ssd300_vgg16
 
@@ -161,7 +168,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n{throughput_table(speeds, device)}")
     if args.write:
         command = shlex.join(["python", "benchmarks/bench_all.py", *(argv or sys.argv[1:])])
-        RESULTS.write_text(results_page(results, targets, speeds, setting, command, load, device))
+        page = results_page(results, targets, speeds, setting, command, load, device)
+        kept = learning_section(RESULTS.read_text()) if RESULTS.exists() else ""
+        RESULTS.write_text(with_learning_section(page, kept) if kept else page)
         print(f"\nwritten to {RESULTS}")
 
 

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    make bench                                        # with the speed table, writes LEARNING.md
+    make bench                                        # with the speed table, into RESULTS.md
     python benchmarks/bench_learning.py --write       # this benchmark alone (about 7 minutes)
     python benchmarks/bench_learning.py --budget 60   # a shorter budget, printed only
     python benchmarks/bench_learning.py --device cuda --write   # SSD300 at 300 px on a GPU
@@ -22,8 +22,8 @@ process, one after the other, with ``--threads`` threads:
 Every ``--eval-every`` seconds of training the model is scored on the 300 validation images
 of the book (VOC2007 11-point mAP at IoU 0.5). The table gives the last mAP, the steps and
 images per second reached, and the training time to 0.5, 0.7 and 0.8 mAP; ``--write`` puts it
-in ``benchmarks/LEARNING.md`` and the curves in ``benchmarks/learning_curve.png``, which the
-book's speed appendix shows.
+in its own section of ``benchmarks/RESULTS.md`` (which ``bench_all.py --write`` keeps) and the
+curves in ``benchmarks/learning_curve.png``, which the book's speed appendix shows.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
+from timing import LEARNING_END, LEARNING_START, with_learning_section
 from torch.utils.data import DataLoader
 
 from ssd_tutorial import zoo
@@ -52,7 +53,7 @@ from ssd_tutorial.train import TrainConfig, Trainer
 from ssd_tutorial.train import _seed_epoch as seed_epoch
 
 HERE = Path(__file__).resolve().parent
-TABLE = HERE / "LEARNING.md"
+RESULTS = HERE / "RESULTS.md"
 FIGURE = HERE / "learning_curve.png"
 THRESHOLDS = (0.5, 0.7, 0.8)
 
@@ -177,7 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=float, default=30.0, help="seconds between scores")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for SSD300 at 300 px")
-    parser.add_argument("--write", action="store_true", help=f"write {TABLE.name}, {FIGURE.name}")
+    parser.add_argument(
+        "--write", action="store_true", help=f"write to {RESULTS.name}, {FIGURE.name}"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -208,12 +211,14 @@ def main(argv: list[str] | None = None) -> None:
         where = (
             f"{args.device} ({platform.processor() or platform.machine()}), {args.threads} threads"
         )
-        TABLE.write_text(
-            f"Measured on {stamp} with `{command.strip()}` on {where}, torch {torch.__version__}; "
-            f"{architecture}, {args.budget:.0f} s of training per recipe.\n\n{text}\n"
+        section = (
+            f"{LEARNING_START}\n\nMeasured on {stamp} with `{command.strip()}` on {where}, "
+            f"torch {torch.__version__}; {architecture}, {args.budget:.0f} s of training per "
+            f"recipe.\n\n{text}\n\n{LEARNING_END}"
         )
-        figure(curves, args.budget, f"{architecture}: validation mAP against training time")
-        print(f"written to {TABLE} and {FIGURE}")
+        page = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+        RESULTS.write_text(with_learning_section(page, section))
+        print(f"written to {RESULTS} and {FIGURE}")
 
 
 if __name__ == "__main__":

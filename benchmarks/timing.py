@@ -99,3 +99,24 @@ def table(rows: list[Comparison]) -> str:
             f"| {r.task} | {r.ours_s * 1e3:.2f} | {r.theirs_s * 1e3:.2f} | {r.speedup:.2f}x |"
         )
     return "\n".join(lines)
+
+
+#: Markers of the learning benchmark's section of RESULTS.md (``bench_learning.py --write``),
+#: which ``bench_all.py --write`` keeps when it rewrites the rest of the file.
+LEARNING_START, LEARNING_END = "<!-- learning -->", "<!-- /learning -->"
+
+
+def learning_section(page: str) -> str:
+    """The learning section of a RESULTS.md page, markers included ("" if it has none)."""
+    start, end = page.find(LEARNING_START), page.find(LEARNING_END)
+    if start < 0 or end < start:
+        return ""
+    return page[start : end + len(LEARNING_END)]
+
+
+def with_learning_section(page: str, section: str) -> str:
+    """``page`` with its learning section replaced by ``section`` (appended if it has none)."""
+    old = learning_section(page)
+    if old:
+        return page.replace(old, section)
+    return page.rstrip("\n") + "\n\n## How fast the tiny SSD learns\n\n" + section + "\n"

@@ -1,0 +1,40 @@
+"""The benchmarks' shared helpers (``benchmarks/timing.py``) that write RESULTS.md."""
+
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+if str(BENCHMARKS) not in sys.path:
+    sys.path.append(str(BENCHMARKS))
+
+from timing import (  # noqa: E402 (the benchmarks folder is not a package)
+    LEARNING_END,
+    LEARNING_START,
+    learning_section,
+    with_learning_section,
+)
+
+
+def test_the_learning_section_is_appended_once_then_replaced():
+    page = "# Benchmark results\n\n<!-- results -->\n\n| speed |\n"
+    first = f"{LEARNING_START}\nold table\n{LEARNING_END}"
+    written = with_learning_section(page, first)
+    assert written.startswith(page.rstrip("\n")) and learning_section(written) == first
+    assert "## How fast the tiny SSD learns" in written
+    second = f"{LEARNING_START}\nnew table\n{LEARNING_END}"
+    again = with_learning_section(written, second)
+    assert learning_section(again) == second and "old table" not in again
+    assert again.count("## How fast the tiny SSD learns") == 1
+
+
+def test_a_page_without_the_markers_has_no_learning_section():
+    assert learning_section("# Benchmark results\n") == ""
+    assert learning_section(f"{LEARNING_END} before {LEARNING_START}") == ""
+
+
+def test_the_committed_results_page_has_a_learning_section_the_book_can_include():
+    page = (BENCHMARKS / "RESULTS.md").read_text()
+    assert "| recipe | steps |" in learning_section(page)
+    book = (BENCHMARKS.parent / "book" / "benchmarks.md").read_text()
+    assert ":end-before: ## How fast the tiny SSD learns" in book
+    assert "## How fast the tiny SSD learns" in page
