@@ -74,6 +74,7 @@ from bench_matching_loss import tasks as matching_loss_tasks
 from bench_postprocess import check_same, trained_like_logits
 from bench_postprocess import torchvision_ssd as postprocess_ssd
 from timing import (
+    RESULTS_END,
     Comparison,
     best_of_rounds,
     environment,
@@ -464,7 +465,9 @@ its convolutions channels-last by default, torchvision's does not; in the rows m
 channels-last" torchvision's runs channels-last too, for information.
 
 {summary}
-{throughput_part}"""
+{throughput_part}
+{RESULTS_END}
+"""
 
 
 def describe_device(device: torch.device) -> str:

@@ -104,6 +104,8 @@ def table(rows: list[Comparison]) -> str:
 #: Markers of the learning benchmark's section of RESULTS.md (``bench_learning.py --write``),
 #: which ``bench_all.py --write`` keeps when it rewrites the rest of the file.
 LEARNING_START, LEARNING_END = "<!-- learning -->", "<!-- /learning -->"
+#: The end of the speed results (the book includes them up to here).
+RESULTS_END = "<!-- /results -->"
 
 
 def learning_section(page: str) -> str:
