@@ -41,6 +41,7 @@ from ssd_tutorial.boxes import decode
 from ssd_tutorial.matching import match_objects
 from ssd_tutorial.photos import LabelledPhoto, chelsea
 from ssd_tutorial.preprocess import denormalize
+from ssd_tutorial.profiling import eval_mode
 
 #: The script of each explorer, after the shared ``explorer_common.js``.
 SCRIPTS = {
@@ -216,12 +217,10 @@ def source_names(base: nn.Module, image_size: int) -> tuple[str, ...]:
         if name
     ]
     device = next(base.parameters()).device
-    was_training = base.training
     try:
-        with torch.no_grad():
-            sources = base.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
+        with eval_mode(base), torch.no_grad():
+            sources = base(torch.zeros(1, 3, image_size, image_size, device=device))
     finally:
-        base.train(was_training)
         for hook in hooks:
             hook.remove()
     names = []
@@ -454,12 +453,8 @@ ap_explorer = _displayed(ap_data, "ap_explorer")
 
 def _predict(model: nn.Module, image: Tensor) -> tuple[Tensor, Tensor]:
     """``model``'s float32 ``loc [P, 4]`` and ``conf [P, C]`` for one input ``[3, S, S]``."""
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            loc, conf = model.eval()(image[None])
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        loc, conf = model(image[None])
     return loc[0].float(), conf[0].float()
 
 

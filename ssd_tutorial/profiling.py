@@ -115,7 +115,7 @@ def profile_stages(
     if images is None:
         images = _random_images(model, batch_size)
     priors = default_boxes(model.config, device=images.device)
-    with _eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         loc, conf = model(images)  # checks the images too
         images = model.input_format(images)  # as the model's forward hands them to the base
         sources = base.backbone(images)
@@ -145,7 +145,7 @@ def forward_latency_ms(
     """Median milliseconds of ``model``'s forward pass (network only, no post-processing) on
     random images of its input size, on its device, in eval mode."""
     images = _random_images(model, batch_size)
-    with _eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for _ in range(warmup):
             model(images)
         return statistics.median(time_ms(lambda: model(images), images.device) for _ in range(runs))
@@ -169,7 +169,7 @@ def stage_gflops(model: SSD) -> dict[str, float]:
     """GFLOPs per image of the network's stages: base network, extra layers, multibox heads
     (the first three :data:`STAGES`; post-processing is element-wise work, not counted)."""
     size, device = model.config.image_size, next(model.parameters()).device
-    with _eval_mode(model):
+    with eval_mode(model):
         backbone = gflops_per_image(model.base.backbone, size, device)
         base = gflops_per_image(model.base, size, device)
         total = gflops_per_image(model, size, device)
@@ -180,7 +180,7 @@ def model_costs(model: SSD, runs: int = 10, warmup: int = 2) -> dict[str, float]
     """What a network costs: ``parameters``, ``gflops`` per image (:func:`gflops_per_image`) and
     ``latency_ms``, the median forward pass of one image on the model's device
     (:func:`forward_latency_ms`)."""
-    with _eval_mode(model):
+    with eval_mode(model):
         device = next(model.parameters()).device
         gflops = gflops_per_image(model, model.config.image_size, device)
     return {
@@ -211,7 +211,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Run the block with ``model`` in eval mode, then restore its former mode."""
     was_training = model.training
     try:
