@@ -41,7 +41,12 @@ from ssd_tutorial import quick_mode
 from ssd_tutorial.data.catalog import open_dataset
 from ssd_tutorial.data.pool import ImagePool
 from ssd_tutorial.data.shapes import CLASS_NAMES, SyntheticShapes
-from ssd_tutorial.data.transforms import collate, eval_transforms, train_transforms
+from ssd_tutorial.data.transforms import (
+    collate,
+    collate_flipped,
+    eval_transforms,
+    train_transforms,
+)
 from ssd_tutorial.evaluate import evaluate_model
 from ssd_tutorial.model import SSD, build_ssd
 from ssd_tutorial.train import PRESETS, TrainConfig, Trainer, load_checkpoint
@@ -95,12 +100,18 @@ def training_loader(
     """
     if augmentations is None:
         augmentations = SHORT_RUN_AUGMENTATIONS
-    pool = ImagePool.with_transforms(
-        _rendered_pool(size, pool_images), train_transforms(size, **augmentations)
-    )
+    rendered = _rendered_pool(size, pool_images)
+    if any(augmentations.get(step, True) for step in ("photometric", "zoom_out", "iou_crop")):
+        pool = ImagePool.with_transforms(rendered, train_transforms(size, **augmentations))
+        collate_fn = collate
+    else:
+        # Flips alone are done on the whole batch at once, a tenth of the per-image pipeline's
+        # cost (see collate_flipped).
+        pool = ImagePool.with_transforms(rendered, None)
+        collate_fn = partial(collate_flipped, p=0.5 if augmentations.get("flip", True) else 0.0)
     # A new permutation of the pool every epoch, from the RNG the trainer seeds per epoch.
     sampler = RandomSampler(pool, num_samples=STEPS_PER_EPOCH * BATCH_SIZE)
-    return DataLoader(pool, batch_size=BATCH_SIZE, sampler=sampler, collate_fn=collate)
+    return DataLoader(pool, batch_size=BATCH_SIZE, sampler=sampler, collate_fn=collate_fn)
 
 
 @lru_cache(maxsize=2)

@@ -12,6 +12,7 @@ from ssd_tutorial.data.transforms import (
     Batch,
     BatchedIoUCrop,
     collate,
+    collate_flipped,
     drop_crowd,
     eval_transforms,
     relative_boxes,
@@ -434,6 +435,55 @@ def test_collate_passes_other_fields_as_lists():
     assert [len(b) for b in batch.boxes] == [1, 3]
     assert batch.extra["image_id"] == ["1", "3"]
     assert [len(d) for d in batch.extra["difficult"]] == [1, 3]
+
+
+FLIP_ONLY = {**ALL_OFF, "flip": True}
+
+
+def pool_items(size=32):
+    """Items at the network's size, uint8: crowds, a box thinner than a pixel, an empty one."""
+    boxes = ([[1, 2, 9, 12], [4, 4, 4.5, 20], [10, 10, 30, 30]], [[0, 0, 32, 16]], [])
+    return [
+        make_sample(b, size, size, seed=i, iscrowd=torch.arange(len(b)) == 2)
+        for i, b in enumerate(boxes)
+    ]
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_collate_flipped_is_the_flip_only_pipeline_on_a_whole_batch(flip):
+    items = pool_items()
+    mirror = v2.RandomHorizontalFlip(p=1.0) if flip else v2.Identity()
+    rest = train_transforms(32, **ALL_OFF)
+    expected = collate([rest(*mirror(image, dict(target))) for image, target in items])
+    batch = collate_flipped(items, p=float(flip))
+    torch.testing.assert_close(batch.images, expected.images, rtol=0, atol=1e-6)
+    for got, want in zip(batch.boxes, expected.boxes):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert [t.tolist() for t in batch.labels] == [t.tolist() for t in expected.labels]
+    assert batch.extra.keys() == expected.extra.keys()
+    for got, want in zip(batch.extra["position"], expected.extra["position"]):
+        assert torch.equal(got, want)
+
+
+def test_collate_flipped_flips_about_half_and_leaves_the_items_alone():
+    items = pool_items() * 50
+    kept = items[0][0].clone()
+    torch.manual_seed(0)
+    batch = collate_flipped(items)
+    plain = collate_flipped(items, p=0.0).images
+    flipped = (batch.images == plain.flip(-1)).flatten(1).all(dim=1)
+    kept_as_is = (batch.images == plain).flatten(1).all(dim=1)
+    assert (flipped | kept_as_is).all()
+    assert 0.35 < flipped.float().mean() < 0.65
+    assert torch.equal(items[0][0], kept)
+
+
+def test_collate_flipped_rejects_float_images_and_bad_probabilities():
+    floats = [train_transforms(32, **FLIP_ONLY)(*item) for item in pool_items()[:2]]
+    with pytest.raises(ValueError, match="needs uint8 images"):
+        collate_flipped(floats)
+    with pytest.raises(ValueError, match=r"p must be a probability in \[0, 1\], got 1.5"):
+        collate_flipped(pool_items()[:2], p=1.5)
 
 
 def test_collate_rejects_images_of_different_sizes_and_fields():

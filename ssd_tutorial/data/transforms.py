@@ -203,15 +203,19 @@ def _is_instance_masks(value: Any, boxes: int) -> bool:
 def relative_boxes(image: Any, target: dict[str, Any]) -> Sample:
     """Pixel ``BoundingBoxes`` (XYXY) -> plain float ``[N, 4]`` relative to the image size."""
     boxes = target["boxes"]
+    _check_pixel_boxes(boxes)
+    height, width = boxes.canvas_size
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+    target = {**target, "boxes": boxes.as_subclass(Tensor).float() / scale}
+    return image, target
+
+
+def _check_pixel_boxes(boxes: Any) -> None:
     if not isinstance(boxes, tv_tensors.BoundingBoxes) or boxes.format.name != "XYXY":
         raise ValueError(
             "target['boxes'] must be tv_tensors.BoundingBoxes in XYXY format, got "
             f"{type(boxes).__name__} {getattr(boxes, 'format', '')}"
         )
-    height, width = boxes.canvas_size
-    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
-    target = {**target, "boxes": boxes.as_subclass(Tensor).float() / scale}
-    return image, target
 
 
 class Batch(NamedTuple):
@@ -234,13 +238,92 @@ class Batch(NamedTuple):
 def collate(batch: Sequence[Sample]) -> Batch:
     """``collate_fn`` for a DataLoader: stack the images, keep boxes per image (their number
     varies)."""
-    images = [image for image, _ in batch]
+    return Batch(_stacked_images([image for image, _ in batch]), *_gathered_targets(batch))
+
+
+def collate_flipped(batch: Sequence[Sample], p: float = 0.5) -> Batch:
+    """``collate_fn`` that flips and normalises a whole batch at once: the flip-only training
+    pipeline, ``train_transforms(size, photometric=False, zoom_out=False, iou_crop=False)``,
+    for items that are already ``size`` px, read without transforms (an
+    :class:`~ssd_tutorial.data.pool.ImagePool` of images drawn at the network's size).
+
+    Each image is mirrored left-right with probability ``p`` (one draw per image from torch's
+    global RNG), then the batch is scaled to float and normalised in one operation. The boxes
+    of all the images, concatenated, follow their image and go through the pipeline's box steps
+    in one go: crowds out, clamped to the image, boxes under one pixel removed with their
+    fields, made relative. The result is the pipeline's item by item, then :func:`collate`;
+    but the pipeline runs a dozen ``transforms.v2`` steps on every image.
+
+    Args:
+        batch: ``(image, target)`` pairs: uint8 ``[3, H, W]`` images of one shape and targets
+            with pixel ``BoundingBoxes`` (XYXY) and ``labels``.
+        p: probability of flipping each image.
+
+    Returns:
+        A :class:`Batch` like :func:`collate` gives for the pipeline's output.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be a probability in [0, 1], got {p}")
+    images = _stacked_images([image for image, _ in batch])
+    if images.dtype != torch.uint8:
+        raise ValueError(
+            f"collate_flipped needs uint8 images read without transforms, got {images.dtype} "
+            "(use collate after train_transforms instead)"
+        )
+    flipped = torch.rand(len(batch)) < p
+    images[flipped] = images[flipped].flip(-1)  # a new tensor: the pool's images stay
+    images = v2.functional.to_dtype(images, torch.float32, scale=True)
+    images = v2.functional.normalize(images, IMAGENET_MEAN, IMAGENET_STD)
+    targets = [drop_crowd(image, target)[1] for image, target in batch]
+    samples = _flipped_box_targets(targets, flipped, images.shape[-2:])
+    return Batch(images, *_gathered_targets(samples))
+
+
+def _flipped_box_targets(
+    targets: list[dict[str, Any]], flipped: Tensor, canvas: tuple[int, int]
+) -> list[Sample]:
+    """The targets with their boxes mirrored where ``flipped`` (``[B]`` bool), clamped,
+    sanitised and relative: the box steps of :func:`train_transforms`, on every box at once."""
+    height, width = canvas
+    for target in targets:
+        _check_pixel_boxes(target["boxes"])
+    counts = [len(target["boxes"]) for target in targets]
+    boxes = torch.cat([target["boxes"].as_subclass(Tensor) for target in targets]).float()
+    mirror = flipped.repeat_interleave(torch.tensor(counts, dtype=torch.long))
+    x1, y1, x2, y2 = boxes.unbind(dim=1)
+    boxes = torch.where(mirror[:, None], torch.stack((width - x2, y1, width - x1, y2), 1), boxes)
+    boxes = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width))
+    boxes = v2.functional.clamp_bounding_boxes(boxes)
+    _, valid = v2.functional.sanitize_bounding_boxes(boxes, min_size=1)
+    boxes = boxes.as_subclass(Tensor)
+    boxes = boxes / torch.tensor([width, height, width, height], dtype=torch.float32)
+    samples = []
+    for target, flip, keep, image_boxes in zip(
+        targets, flipped.tolist(), valid.split(counts), boxes.split(counts)
+    ):
+        fields = {}
+        for key, value in target.items():
+            if flip and isinstance(value, tv_tensors.Mask):
+                value = v2.functional.horizontal_flip(value)
+            if key in PER_BOX_FIELDS or _is_instance_masks(value, len(keep)):
+                value = value[keep]
+            fields[key] = value
+        samples.append((None, {**fields, "boxes": image_boxes[keep]}))
+    return samples
+
+
+def _stacked_images(images: Sequence[Tensor]) -> Tensor:
     shapes = {tuple(image.shape) for image in images}
     if len(shapes) != 1:
         raise ValueError(
             f"collate needs images of one shape (resize them with train_transforms or "
             f"eval_transforms), got shapes {sorted(shapes)}"
         )
+    return torch.stack([image.as_subclass(Tensor) for image in images])
+
+
+def _gathered_targets(batch: Sequence[Sample]) -> tuple[list[Tensor], list[Tensor], dict]:
+    """Boxes, labels and every other field of the targets, one list entry per image."""
     targets = [target for _, target in batch]
     keys = set(targets[0])
     if any(set(target) != keys for target in targets):
@@ -249,9 +332,4 @@ def collate(batch: Sequence[Sample]) -> Batch:
             f"{[sorted(target) for target in targets]}"
         )
     extra = {key: [t[key] for t in targets] for key in sorted(keys - {"boxes", "labels"})}
-    return Batch(
-        torch.stack([image.as_subclass(Tensor) for image in images]),
-        [t["boxes"].as_subclass(Tensor) for t in targets],
-        [t["labels"] for t in targets],
-        extra,
-    )
+    return [t["boxes"].as_subclass(Tensor) for t in targets], [t["labels"] for t in targets], extra
