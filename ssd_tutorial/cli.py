@@ -101,8 +101,8 @@ def _train(args: argparse.Namespace, device) -> int:
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
+    from ssd_tutorial.checkpoint import load_model
     from ssd_tutorial.evaluate import evaluate_model
-    from ssd_tutorial.train import load_model
 
     model, class_names = load_model(args.checkpoint, map_location=args.device or "cpu")
     if args.data == "voc" and args.classes is None and class_names:
@@ -173,7 +173,7 @@ def _detection_model(args: argparse.Namespace):
         from ssd_tutorial.model import load_torchvision_coco
 
         return load_torchvision_coco(), SSD300_VGG16_Weights.COCO_V1.meta["categories"]
-    from ssd_tutorial.train import load_model
+    from ssd_tutorial.checkpoint import load_model
 
     model, class_names = load_model(args.checkpoint)
     # a checkpoint of a run without class names: call the classes by their labels
@@ -181,8 +181,8 @@ def _detection_model(args: argparse.Namespace):
 
 
 def _export_command(args: argparse.Namespace) -> int:
+    from ssd_tutorial.checkpoint import load_model
     from ssd_tutorial.export import DEFAULT_OPSET, export_onnx
-    from ssd_tutorial.train import load_model
 
     model, class_names = load_model(args.checkpoint)
     output = args.output or args.checkpoint.with_suffix(".onnx")

@@ -154,3 +154,19 @@ def random_scenes(rng, num_images, num_classes=4, pixel_size=100.0, difficult=Fa
             )
         targets.append(target)
     return detections, targets
+
+
+# --- training (test_train, test_checkpoint) ------------------------------------------------------
+
+
+def tiny_trainer(config, **kwargs):
+    """A CPU :class:`~ssd_tutorial.train.Trainer` of ``ssd_tiny`` on the shapes' classes, with
+    the same initial weights every time."""
+    from ssd_tutorial.data.shapes import CLASS_NAMES
+    from ssd_tutorial.model import build_ssd
+    from ssd_tutorial.train import Trainer
+
+    torch.manual_seed(0)
+    return Trainer(
+        build_ssd("ssd_tiny", len(CLASS_NAMES)), config, device="cpu", progress=False, **kwargs
+    )

@@ -362,7 +362,8 @@ def test_ssdlite_with_reduced_tail_equals_torchvision_ssdlite(torchvision_ssdlit
 
 @pytest.mark.parametrize("name", ["ssdlite320", "ssdlite_tiny"])
 def test_ssdlite_round_trips_through_a_checkpoint(tmp_path, name):
-    from ssd_tutorial.train import TrainConfig, Trainer, load_model
+    from ssd_tutorial.checkpoint import load_model
+    from ssd_tutorial.train import TrainConfig, Trainer
 
     torch.manual_seed(0)
     model = _randomize(build_ssd(name, 9), seed=3)
