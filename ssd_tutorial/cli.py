@@ -170,7 +170,7 @@ def _detection_model(args: argparse.Namespace):
     if args.torchvision_coco:
         from torchvision.models.detection import SSD300_VGG16_Weights
 
-        from ssd_tutorial.model import load_torchvision_coco
+        from ssd_tutorial.weights import load_torchvision_coco
 
         return load_torchvision_coco(), SSD300_VGG16_Weights.COCO_V1.meta["categories"]
     from ssd_tutorial.checkpoint import load_model
@@ -500,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ssd-tutorial`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ssd_tutorial.backbones import WeightsUnavailableError
+    from ssd_tutorial.weights import WeightsUnavailableError
 
     try:
         return args.run(args)

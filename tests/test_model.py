@@ -4,7 +4,7 @@ from torch import nn
 from torchvision.models.detection import ssd300_vgg16
 
 from ssd_tutorial import anchors
-from ssd_tutorial.backbones import WeightsUnavailableError, tiny_features, vgg16_features
+from ssd_tutorial.backbones import tiny_features, vgg16_features
 from ssd_tutorial.model import (
     SSD,
     TORCHVISION_MEAN,
@@ -12,11 +12,14 @@ from ssd_tutorial.model import (
     MultiBoxHead,
     build_ssd,
     count_parameters,
+)
+from ssd_tutorial.preprocess import IMAGENET_MEAN
+from ssd_tutorial.weights import (
+    WeightsUnavailableError,
     from_torchvision,
     load_torchvision_coco,
     to_torchvision,
 )
-from ssd_tutorial.preprocess import IMAGENET_MEAN
 
 
 def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
