@@ -223,7 +223,7 @@ def _format(value: object) -> str:
 def _model_image_size(name: str) -> int:
     from ssd_tutorial.model import ARCHITECTURES
 
-    return ARCHITECTURES[name][1].image_size
+    return ARCHITECTURES[name].anchors.image_size
 
 
 def _splits(args: argparse.Namespace) -> tuple[str, str]:

@@ -248,10 +248,13 @@ def _known_source_names() -> dict[tuple[int, ...], tuple[str, ...]]:
     from ssd_tutorial.model import ARCHITECTURES
 
     known: dict[tuple[int, ...], tuple[str, ...]] = {}
-    for make_base, config, _ in ARCHITECTURES.values():
+    for architecture in ARCHITECTURES.values():
+        config = architecture.anchors
         if config.feature_maps not in known:
             with torch.device("meta"):  # shapes only: no weights are made, nothing is computed
-                known[config.feature_maps] = source_names(make_base(), config.image_size)
+                known[config.feature_maps] = source_names(
+                    architecture.make_base(), config.image_size
+                )
     return known
 
 

@@ -22,6 +22,8 @@ with the other weight loaders, and are importable from here, where chapter 4 cal
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -39,7 +41,6 @@ from ssd_tutorial.anchors import (
 from ssd_tutorial.backbones import (
     SSD300_EXTRAS,
     SSD512_EXTRAS,
-    MobileNetV3Backbone,
     separable_conv,
     ssdlite_features,
     ssdlite_tiny_features,
@@ -60,6 +61,7 @@ __all__ = [
     "SSD",
     "TORCHVISION_MEAN",
     "TORCHVISION_STD",
+    "Architecture",
     "MultiBoxHead",
     "build_ssd",
     "check_images",
@@ -231,15 +233,50 @@ def _check_sources(sources: list[Tensor], config: AnchorConfig) -> None:
         )
 
 
-#: The networks :func:`build_ssd` knows: name -> (base builder, default boxes, separable heads).
-ARCHITECTURES = {
-    "ssd300": (partial(vgg16_features, SSD300_EXTRAS), SSD300, False),
-    "ssd300_coco": (partial(vgg16_features, SSD300_EXTRAS), SSD300_COCO, False),
-    "ssd512": (partial(vgg16_features, SSD512_EXTRAS), SSD512, False),
-    "ssd_tiny": (tiny_features, SSD_TINY, False),
-    "ssdlite320": (ssdlite_features, SSDLITE320, True),
+@dataclass(frozen=True)
+class Architecture:
+    """One network :func:`build_ssd` knows: how to make its parts, and its pretrained base.
+
+    Attributes:
+        make_base: builds the base (backbone + extras), e.g.
+            :func:`ssd_tutorial.backbones.vgg16_features`.
+        anchors: its default boxes; ``anchors.image_size`` is the input size.
+        separable_head: SSDLite's depthwise-separable predictors (:class:`MultiBoxHead`).
+        load_pretrained_base: copies ImageNet weights into ``model.base.backbone`` (downloading
+            them); ``None`` for a base that has none.
+    """
+
+    make_base: Callable[[], nn.Module]
+    anchors: AnchorConfig
+    separable_head: bool = False
+    load_pretrained_base: Callable[[nn.Module], None] | None = None
+
+
+_VGG16_SSD300 = partial(vgg16_features, SSD300_EXTRAS)
+
+#: The networks :func:`build_ssd` knows, by name.
+ARCHITECTURES: dict[str, Architecture] = {
+    "ssd300": Architecture(_VGG16_SSD300, SSD300, load_pretrained_base=load_vgg16_imagenet),
+    "ssd300_coco": Architecture(
+        _VGG16_SSD300, SSD300_COCO, load_pretrained_base=load_vgg16_imagenet
+    ),
+    "ssd512": Architecture(
+        partial(vgg16_features, SSD512_EXTRAS), SSD512, load_pretrained_base=load_vgg16_imagenet
+    ),
+    "ssd_tiny": Architecture(tiny_features, SSD_TINY),
+    "ssdlite320": Architecture(
+        ssdlite_features,
+        SSDLITE320,
+        separable_head=True,
+        load_pretrained_base=load_mobilenet_v3_imagenet,
+    ),
     # the tiny model's input and default boxes, so the two compare network against network
-    "ssdlite_tiny": (ssdlite_tiny_features, SSD_TINY, True),
+    "ssdlite_tiny": Architecture(
+        ssdlite_tiny_features,
+        SSD_TINY,
+        separable_head=True,
+        load_pretrained_base=load_mobilenet_v3_imagenet,
+    ),
 }
 
 
@@ -259,18 +296,20 @@ def build_ssd(name: str, num_classes: int, pretrained_base: bool = False) -> SSD
     """
     if name not in ARCHITECTURES:
         raise ValueError(f"name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
-    make_base, config, separable_head = ARCHITECTURES[name]
-    model = SSD(make_base(), config, num_classes, separable_head=separable_head)
+    architecture = ARCHITECTURES[name]
+    model = SSD(
+        architecture.make_base(),
+        architecture.anchors,
+        num_classes,
+        separable_head=architecture.separable_head,
+    )
     model.architecture = name
     if pretrained_base:
-        if name == "ssd_tiny":
+        if architecture.load_pretrained_base is None:
             raise ValueError(
-                "pretrained_base needs a VGG-16 model or a MobileNetV3, ssd_tiny has its own base"
+                f"pretrained_base needs a VGG-16 model or a MobileNetV3, {name} has its own base"
             )
-        if isinstance(model.base.backbone, MobileNetV3Backbone):
-            load_mobilenet_v3_imagenet(model.base.backbone)
-        else:
-            load_vgg16_imagenet(model.base.backbone)
+        architecture.load_pretrained_base(model.base.backbone)
     return model
 
 

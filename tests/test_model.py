@@ -6,6 +6,7 @@ from torchvision.models.detection import ssd300_vgg16
 from ssd_tutorial import anchors
 from ssd_tutorial.backbones import tiny_features, vgg16_features
 from ssd_tutorial.model import (
+    ARCHITECTURES,
     SSD,
     TORCHVISION_MEAN,
     TORCHVISION_STD,
@@ -385,3 +386,11 @@ def test_ssdlite_tiny_shares_the_tiny_models_default_boxes():
         loc, conf = model(torch.randn(2, 3, 128, 128))
     assert model.config is anchors.SSD_TINY
     assert loc.shape == (2, 1524, 4) and conf.shape == (2, 1524, 9)
+
+
+def test_every_architecture_record_builds_its_network_with_its_default_boxes():
+    for name, architecture in ARCHITECTURES.items():
+        with torch.device("meta"):  # shapes only
+            model = build_ssd(name, 3)
+        assert model.config is architecture.anchors and model.architecture == name
+        assert model.head.num_classes == 3
