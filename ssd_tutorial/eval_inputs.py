@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ssd_tutorial.boxes import check_boxes
+from ssd_tutorial.checks import check_num_classes, invalid_labels, non_finite_rows
 
 #: Per-object flags of the targets that mark ground truth to ignore.
 IGNORE_FLAGS: tuple[str, ...] = ("difficult", "iscrowd")
@@ -65,8 +66,8 @@ def collect(
         )
     if len(targets) == 0:
         raise ValueError("detections and targets are empty: there is nothing to evaluate")
-    if num_classes is not None and num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2 (background + one class), got {num_classes}")
+    if num_classes is not None:
+        check_num_classes(num_classes, "num_classes")
     det_parts = [
         _read_detections(record, f"detections[{i}]") for i, record in enumerate(detections)
     ]
@@ -76,8 +77,9 @@ def collect(
     det_labels = _concat_labels([p[2] for p in det_parts], det_image, "detections", num_classes)
     gt_labels = _concat_labels([p[1] for p in gt_parts], gt_image, "targets", num_classes)
     scores = torch.cat([p[1] for p in det_parts])
-    if not bool(torch.isfinite(scores).all()):
-        first = int((~torch.isfinite(scores)).nonzero()[0, 0])
+    bad_scores = non_finite_rows(scores[:, None])
+    if bad_scores is not None:
+        first = int(bad_scores.nonzero()[0, 0])
         raise ValueError(
             f"detections[{int(det_image[first])}].scores must be finite, got {float(scores[first])}"
         )
@@ -176,7 +178,7 @@ def _concat_labels(
     parts: list[Tensor], image: Tensor, kind: str, num_classes: int | None
 ) -> Tensor:
     labels = torch.cat(parts)
-    bad = labels < 1 if num_classes is None else (labels < 1) | (labels >= num_classes)
+    bad = invalid_labels(labels, num_classes)
     if bool(bad.any()):
         first = int(bad.nonzero()[0, 0])
         expected = "class ids >= 1" if num_classes is None else f"class ids in 1..{num_classes - 1}"

@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ssd_tutorial.anchors import default_boxes
+from ssd_tutorial.boxes import IOU_THRESHOLD
 from ssd_tutorial.cocoeval import COCO_STAT_NAMES, coco_metrics, run_cocoeval
 from ssd_tutorial.eval_inputs import IGNORE_FLAGS
 from ssd_tutorial.metrics import (
@@ -89,7 +90,7 @@ def evaluate_model(
     *,
     class_names: Sequence[str] | None = None,
     device: torch.device | str | None = None,
-    iou_threshold: float = 0.5,
+    iou_threshold: float = IOU_THRESHOLD,
     progress: bool = True,
     **detect_options: Any,
 ) -> dict[str, float]:

@@ -54,7 +54,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ssd_tutorial.boxes import box_area, pairwise_iou
+from ssd_tutorial.boxes import IOU_THRESHOLD, box_area, pairwise_iou
+from ssd_tutorial.checks import check_iou_threshold
 from ssd_tutorial.eval_inputs import GroundTruth, RankedDetections, collect
 
 Interpolation = Literal["voc07", "voc2010", "coco101"]
@@ -115,7 +116,7 @@ def voc_map(
     detections: Sequence[Any],
     targets: Sequence[Any],
     *,
-    iou_threshold: float = 0.5,
+    iou_threshold: float = IOU_THRESHOLD,
     interpolation: Interpolation = "voc07",
     matching: MatchingRule = "voc",
     inclusive_pixels: bool = False,
@@ -170,7 +171,7 @@ def ap_by_size(
     *,
     area_ranges: Mapping[str, tuple[float, float]] = COCO_AREA_RANGES,
     image_sizes: Sequence[tuple[int, int]] | None = None,
-    iou_threshold: float = 0.5,
+    iou_threshold: float = IOU_THRESHOLD,
     interpolation: Interpolation = "voc07",
     matching: MatchingRule = "voc",
     inclusive_pixels: bool = False,
@@ -248,8 +249,7 @@ def average_precision(
 
 
 def _check_options(iou_threshold: float, interpolation: str, matching: str) -> None:
-    if not 0 < iou_threshold <= 1:
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    check_iou_threshold(iou_threshold)
     _check_interpolation(interpolation)
     if matching not in ("voc", "coco"):
         raise ValueError(f"matching must be 'voc' or 'coco', got {matching!r}")
