@@ -3,11 +3,14 @@
 Validation happens where data enters (see the style guide): :func:`~ssd_tutorial.loss`'s
 MultiBox loss, :func:`~ssd_tutorial.postprocess.detect`, :func:`~ssd_tutorial.matching.match`
 and the metrics all take tensors from the user and must name what is wrong. The checks they have
-in common live here, so that the same mistake gets the same message everywhere.
+in common live here, so that the same mistake gets the same message everywhere; so does the
+import of an optional dependency (:func:`require_extra`), which names the package extra to install.
 """
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -49,3 +52,19 @@ def non_finite_rows(values: Tensor) -> Tensor | None:
         return None
     bad = ~torch.isfinite(values).all(dim=-1)
     return bad if bool(bad.any()) else None
+
+
+def require_extra(module: str, extra: str) -> ModuleType:
+    """Import an optional dependency, or fail naming the package extra that installs it.
+
+    Args:
+        module: what to import, e.g. ``"onnxruntime"``.
+        extra: the ``[project.optional-dependencies]`` entry that lists it, e.g. ``"export"``.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            f"{module} is not installed; this part of ssd_tutorial needs it: "
+            f"pip install ssd-tutorial[{extra}]"
+        ) from error

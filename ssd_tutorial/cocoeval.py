@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ssd_tutorial.checks import require_extra
 from ssd_tutorial.eval_inputs import collect
 
 #: Names of pycocotools' twelve summary numbers, in its order.
@@ -69,11 +70,10 @@ def run_cocoeval(
         thresholds, 101 recall points, classes, areas all/small/medium/large, max
         detections 1/10/100); call ``.summarize()`` for the printed table.
     """
-    try:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-    except ImportError as error:
-        raise ImportError("COCO metrics need pycocotools: pip install pycocotools") from error
+    # Imported here, not at the top: evaluate.py re-exports this module, and the VOC metrics
+    # work without the extra.
+    COCO = require_extra("pycocotools.coco", "coco").COCO
+    COCOeval = require_extra("pycocotools.cocoeval", "coco").COCOeval
 
     dets, gts = collect(detections, targets, num_classes, False, image_sizes)
     if num_classes is not None:

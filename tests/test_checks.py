@@ -1,6 +1,10 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from ssd_tutorial import cocoeval
 from ssd_tutorial.checks import (
     check_iou_threshold,
     check_num_classes,
@@ -41,3 +45,29 @@ def test_bad_class_counts_and_thresholds_are_named():
         with pytest.raises(ValueError, match=r"iou_threshold must be in \(0, 1\]"):
             check_iou_threshold(threshold)
     check_iou_threshold(1.0)
+
+
+@pytest.mark.parametrize(
+    ("module", "blocked", "extra"),
+    [
+        ("ssd_tutorial.export", "onnxruntime", "export"),
+        ("ssd_tutorial.photos", "skimage", "photos"),
+    ],
+)
+def test_a_missing_extra_is_named_in_the_import_error(module, blocked, extra):
+    # A fresh interpreter in which the optional package cannot be imported.
+    code = (
+        f"import sys; sys.modules[{blocked!r}] = None; import {module} as m; "
+        "getattr(m, 'chelsea', lambda: None)()"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"pip install ssd-tutorial[{extra}]" in result.stderr
+
+
+def test_the_coco_metrics_name_their_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pycocotools.coco", None)
+    with pytest.raises(ImportError, match=r"pip install ssd-tutorial\[coco\]"):
+        cocoeval.run_cocoeval(
+            [{"boxes": [], "scores": [], "labels": []}], [{"boxes": [], "labels": []}]
+        )
