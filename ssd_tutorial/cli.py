@@ -207,6 +207,14 @@ def _anchors_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(text: str) -> float:
+    """``--threshold``: a class probability in ``[0, 1)``, checked before any model loads."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
 def _print_table(rows: list[dict[str, object]]) -> None:
     headers = list(rows[0])
     cells = [[_format(row[h]) for h in headers] for row in rows]
@@ -466,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("runs/detect"), help="output directory")
     p.add_argument(
-        "--threshold", type=float, default=0.3, help="minimum score to report (default: 0.3)"
+        "--threshold", type=_score, default=0.3, help="minimum score to report (default: 0.3)"
     )
     p.add_argument("--device", help="cpu, cuda, mps (default: where the model loads)")
     p.set_defaults(run=_detect_command)

@@ -200,6 +200,7 @@ def test_failed_download_raises_a_clear_error():
         W.fetch_state_dict(_UnreachableWeights())
 
 
+@pytest.mark.internet
 @pytest.mark.slow
 def test_load_vgg16_imagenet_from_the_internet():
     from torchvision.models import VGG16_Weights
@@ -329,6 +330,7 @@ def test_pretrained_ssdlite_fails_cleanly_offline(monkeypatch):
         build_ssd("ssdlite320", 21, pretrained_base=True)
 
 
+@pytest.mark.internet
 @pytest.mark.slow
 def test_load_mobilenet_v3_imagenet_from_the_internet():
     from torchvision.models import MobileNet_V3_Large_Weights

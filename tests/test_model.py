@@ -252,6 +252,7 @@ def test_vgg16_features_are_the_base_of_ssd300():
     )
 
 
+@pytest.mark.internet
 @pytest.mark.slow
 def test_load_torchvision_coco_from_the_internet():
     try:
