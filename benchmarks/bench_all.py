@@ -88,10 +88,11 @@ from torchvision.models.detection import ssd300_vgg16
 from ssd_tutorial.anchors import SSD300, default_boxes
 from ssd_tutorial.boxes import center_to_corners
 from ssd_tutorial.loss import MultiBoxLoss
-from ssd_tutorial.model import SSD, from_torchvision
+from ssd_tutorial.model import SSD
 from ssd_tutorial.postprocess import detect
 from ssd_tutorial.preprocess import preprocess
 from ssd_tutorial.train import TrainConfig, Trainer
+from ssd_tutorial.weights import from_torchvision
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 #: Added to the background logit of every default box of the random SSD300 (see above).

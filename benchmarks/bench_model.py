@@ -22,8 +22,9 @@ import torch
 from timing import Comparison, compare, environment, median_seconds, table
 from torchvision.models.detection import ssd300_vgg16
 
-from ssd_tutorial.model import build_ssd, count_parameters, from_torchvision
+from ssd_tutorial.model import build_ssd, count_parameters
 from ssd_tutorial.profiling import gflops_per_image
+from ssd_tutorial.weights import from_torchvision
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ SSD300, shapes for one ``3 x 300 x 300`` image (``C x H x W``)::
 VGG-16 ends with three fully connected layers on a ``512 x 7 x 7`` map. SSD keeps fc6 and fc7 as
 convolutions so the network stays fully convolutional, and makes them cheaper: fc6's 4096
 ``7 x 7`` filters become 1024 ``3 x 3`` filters and fc7 becomes a ``1024 x 1024`` 1x1 conv
-(:func:`load_vgg16_imagenet` subsamples the ImageNet weights). pool5 no longer halves the map,
-so fc6 is dilated ("atrous") to see as far as before.
+(:func:`~ssd_tutorial.weights.load_vgg16_imagenet` subsamples the ImageNet weights). pool5 no
+longer halves the map, so fc6 is dilated ("atrous") to see as far as before.
 
 SSD512 has the same base and one more extra level (conv12): sources 64, 32, 16, 8, 4, 2, 1.
 
@@ -317,8 +317,8 @@ class MobileNetV3Backbone(nn.Module):
     has the previous stage's resolution, and far more channels than that stage's output.
 
     ``features`` is torchvision's ``mobilenet_v3_large().features`` unchanged (so ImageNet
-    weights load by name, :func:`load_mobilenet_v3_imagenet`); ``forward`` only reads the
-    expansion outputs on the way.
+    weights load by name, :func:`~ssd_tutorial.weights.load_mobilenet_v3_imagenet`); ``forward``
+    only reads the expansion outputs on the way.
 
     Args:
         expansion_blocks: the blocks whose expansion output is a source, e.g.
@@ -426,160 +426,6 @@ def ssdlite_tiny_features() -> MultiScaleFeatures:
     """
     backbone = MobileNetV3Backbone((MOBILENET_STRIDE16_BLOCK, MOBILENET_STRIDE32_BLOCK))
     return MultiScaleFeatures(backbone, SeparableExtraLayers(backbone.out_channels[-1], (256, 128)))
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be downloaded (no internet access, or a bad download)."""
-
-
-def fetch_state_dict(weights: Any, progress: bool = True) -> dict[str, Tensor]:
-    """Download (or read from torch's cache) a torchvision ``WeightsEnum`` state dict.
-
-    Raises:
-        WeightsUnavailableError: if the file cannot be downloaded, with the URL and the cause.
-    """
-    try:
-        return weights.get_state_dict(progress=progress, check_hash=True)
-    except (OSError, RuntimeError) as err:
-        raise WeightsUnavailableError(
-            f"could not download {weights} from {weights.url} ({type(err).__name__}: {err}). "
-            "Pretrained weights need internet access (e.g. on Colab); offline, load a state dict "
-            "saved elsewhere with torch.load and pass it in instead."
-        ) from err
-
-
-def load_vgg16_imagenet(
-    backbone: VGGAtrous, state_dict: dict[str, Tensor] | None = None, progress: bool = True
-) -> None:
-    """Copy ImageNet-trained VGG-16 weights into ``backbone``, in place.
-
-    conv1_1 .. conv5_3 are copied as they are. fc6 and fc7 are subsampled, as in the reduced
-    VGG-16 that the SSD authors released (first made for DeepLab-LargeFOV):
-
-    * fc6: torchvision's ``classifier.0`` weight ``[4096, 25088]`` is a ``7 x 7`` conv on
-      ``512 x 7 x 7`` (flattened channel, row, column), i.e. ``[4096, 512, 7, 7]``. Keeping
-      every 4th filter (0, 4, .., 4092) and the taps at rows and columns 0, 3, 6 gives
-      ``[1024, 512, 3, 3]``. The three taps are 3 cells apart on VGG's stride-32 map, 96 pixels;
-      with pool5 at stride 1 the map has stride 16, so the same pixels are 6 cells apart:
-      hence dilation 6. Rows/columns 0, 3, 6 are the only evenly spaced choice centred on the
-      filter's middle tap.
-    * fc7: ``classifier.3`` ``[4096, 4096]`` keeps every 4th output (the same ones as fc6) and
-      every 4th input (the fc6 outputs that were kept): ``[1024, 1024, 1, 1]``.
-    * Biases keep the same every-4th entries; fc8 (the 1000 ImageNet classes) is dropped.
-
-    Args:
-        backbone: a :class:`VGGAtrous` with VGG-16's widths (``VGGAtrous()``).
-        state_dict: a torchvision ``vgg16`` state dict (``features.N.*``, ``classifier.N.*``).
-            ``None`` downloads ``VGG16_Weights.IMAGENET1K_V1`` (528 MB), which expects
-            inputs normalised with the ImageNet mean and std, as
-            :func:`ssd_tutorial.preprocess.preprocess` does.
-        progress: show a download progress bar.
-
-    Raises:
-        TypeError: if ``backbone`` is not a :class:`VGGAtrous`.
-        ValueError: if it does not have VGG-16's widths or ``state_dict`` lacks weights.
-        WeightsUnavailableError: if ``state_dict`` is None and the download fails.
-    """
-    if not isinstance(backbone, VGGAtrous):
-        raise TypeError(
-            f"load_vgg16_imagenet needs a VGGAtrous (for an SSD: model.base.backbone), got "
-            f"{type(backbone).__name__}"
-        )
-    if backbone.stages != VGG16_STAGES or backbone.fc_channels != 1024:
-        raise ValueError(
-            f"load_vgg16_imagenet needs VGGAtrous with VGG-16's widths {VGG16_STAGES} and "
-            f"fc_channels 1024, got {backbone.stages} and {backbone.fc_channels}"
-        )
-    if state_dict is None:
-        from torchvision.models import VGG16_Weights
-
-        state_dict = fetch_state_dict(VGG16_Weights.IMAGENET1K_V1, progress)
-    indices = torchvision_vgg_indices(VGG16_STAGES)
-    needed = [f"features.{i}.weight" for i in indices.values()]
-    needed += ["classifier.0.weight", "classifier.3.weight"]
-    missing = [key for key in needed if key not in state_dict]
-    if missing:
-        raise ValueError(
-            f"state_dict must be a torchvision vgg16 state dict with the conv and classifier "
-            f"weights, missing {missing}"
-        )
-    ours = {}
-    for name, index in indices.items():
-        part = "conv5_to_fc7" if name.startswith("conv5") else "conv1_to_conv4"
-        for kind in ("weight", "bias"):
-            ours[f"{part}.{name}.{kind}"] = state_dict[f"features.{index}.{kind}"]
-    fc6 = state_dict["classifier.0.weight"].reshape(4096, 512, 7, 7)
-    ours["conv5_to_fc7.fc6.weight"] = fc6[::4, :, ::3, ::3]
-    ours["conv5_to_fc7.fc6.bias"] = state_dict["classifier.0.bias"][::4]
-    ours["conv5_to_fc7.fc7.weight"] = state_dict["classifier.3.weight"][::4, ::4, None, None]
-    ours["conv5_to_fc7.fc7.bias"] = state_dict["classifier.3.bias"][::4]
-    # Everything but the L2Norm weight, which is SSD's own and keeps its value.
-    backbone.load_state_dict(ours, strict=False)
-
-
-def load_mobilenet_v3_imagenet(
-    backbone: MobileNetV3Backbone,
-    state_dict: dict[str, Tensor] | None = None,
-    progress: bool = True,
-) -> None:
-    """Copy ImageNet-trained MobileNetV3-Large weights into ``backbone``, in place.
-
-    ``backbone.features`` is torchvision's ``mobilenet_v3_large().features``, so its weights are
-    the ``features.*`` entries of the classifier's state dict; the classifier is dropped.
-
-    Args:
-        backbone: a :class:`MobileNetV3Backbone` with the full tail.
-        state_dict: a torchvision ``mobilenet_v3_large`` state dict. ``None`` downloads
-            ``MobileNet_V3_Large_Weights.IMAGENET1K_V1`` (22 MB, the backbone weights of
-            torchvision's SSDLite), which expects the ImageNet mean and std, as
-            :func:`ssd_tutorial.preprocess.preprocess` does.
-        progress: show a download progress bar.
-
-    Raises:
-        TypeError: if ``backbone`` is not a :class:`MobileNetV3Backbone`.
-        ValueError: if it has the reduced tail or ``state_dict`` does not fit.
-        WeightsUnavailableError: if ``state_dict`` is None and the download fails.
-    """
-    if not isinstance(backbone, MobileNetV3Backbone):
-        raise TypeError(
-            f"load_mobilenet_v3_imagenet needs a MobileNetV3Backbone (for an SSD: "
-            f"model.base.backbone), got {type(backbone).__name__}"
-        )
-    if backbone.reduced_tail:
-        raise ValueError("ImageNet weights have the full tail: build with reduced_tail=False")
-    if state_dict is None:
-        from torchvision.models import MobileNet_V3_Large_Weights
-
-        state_dict = fetch_state_dict(MobileNet_V3_Large_Weights.IMAGENET1K_V1, progress)
-    features = {
-        k[len("features.") :]: v for k, v in state_dict.items() if k.startswith("features.")
-    }
-    missing = [f"features.{k}" for k in backbone.features.state_dict() if k not in features]
-    if missing:
-        raise ValueError(
-            f"state_dict must be a torchvision mobilenet_v3_large state dict, missing "
-            f"{len(missing)} feature weights: {missing[:3]}"
-        )
-    try:
-        backbone.features.load_state_dict(features)
-    except RuntimeError as err:  # weights of other shapes, e.g. from a reduced tail
-        raise ValueError(f"state_dict does not fit MobileNetV3-Large's layers: {err}") from err
-
-
-def torchvision_vgg_indices(stages: tuple[tuple[int, ...], ...]) -> dict[str, int]:
-    """Position of each conv (``"conv1_1"`` .. ``"conv5_3"``) in torchvision's ``vgg.features``.
-
-    torchvision numbers the layers of ``features`` in order: each conv is followed by a ReLU and
-    each stage by a max pool, so VGG-16's conv1_1 is 0, conv1_2 is 2, conv2_1 is 5, ...
-    """
-    indices = {}
-    position = 0
-    for stage, widths in enumerate(stages, start=1):
-        for i in range(1, len(widths) + 1):
-            indices[f"conv{stage}_{i}"] = position
-            position += 2
-        position += 1
-    return indices
 
 
 def _norm(name: str, channels: int, batch_norm: bool) -> list[tuple[str, nn.Module]]:

@@ -19,6 +19,10 @@ from torch import Tensor
 #: reference implementation (they make the regression targets roughly unit variance).
 VARIANCES: tuple[float, float] = (0.1, 0.2)
 
+#: The overlap at which two boxes count as the same object: a default box matches an object
+#: (training, the SSD paper) and a detection finds one (evaluation, Pascal VOC) at IoU >= 0.5.
+IOU_THRESHOLD: float = 0.5
+
 
 def check_boxes(boxes: Tensor, name: str = "boxes") -> None:
     """Raise ``ValueError`` unless ``boxes`` is a valid corner-form box tensor.

@@ -101,8 +101,8 @@ def _train(args: argparse.Namespace, device) -> int:
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
+    from ssd_tutorial.checkpoint import load_model
     from ssd_tutorial.evaluate import evaluate_model
-    from ssd_tutorial.train import load_model
 
     model, class_names = load_model(args.checkpoint, map_location=args.device or "cpu")
     if args.data == "voc" and args.classes is None and class_names:
@@ -170,10 +170,10 @@ def _detection_model(args: argparse.Namespace):
     if args.torchvision_coco:
         from torchvision.models.detection import SSD300_VGG16_Weights
 
-        from ssd_tutorial.model import load_torchvision_coco
+        from ssd_tutorial.weights import load_torchvision_coco
 
         return load_torchvision_coco(), SSD300_VGG16_Weights.COCO_V1.meta["categories"]
-    from ssd_tutorial.train import load_model
+    from ssd_tutorial.checkpoint import load_model
 
     model, class_names = load_model(args.checkpoint)
     # a checkpoint of a run without class names: call the classes by their labels
@@ -181,8 +181,8 @@ def _detection_model(args: argparse.Namespace):
 
 
 def _export_command(args: argparse.Namespace) -> int:
+    from ssd_tutorial.checkpoint import load_model
     from ssd_tutorial.export import DEFAULT_OPSET, export_onnx
-    from ssd_tutorial.train import load_model
 
     model, class_names = load_model(args.checkpoint)
     output = args.output or args.checkpoint.with_suffix(".onnx")
@@ -207,6 +207,14 @@ def _anchors_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(text: str) -> float:
+    """``--threshold``: a class probability in ``[0, 1)``, checked before any model loads."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
 def _print_table(rows: list[dict[str, object]]) -> None:
     headers = list(rows[0])
     cells = [[_format(row[h]) for h in headers] for row in rows]
@@ -223,7 +231,7 @@ def _format(value: object) -> str:
 def _model_image_size(name: str) -> int:
     from ssd_tutorial.model import ARCHITECTURES
 
-    return ARCHITECTURES[name][1].image_size
+    return ARCHITECTURES[name].anchors.image_size
 
 
 def _splits(args: argparse.Namespace) -> tuple[str, str]:
@@ -466,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("runs/detect"), help="output directory")
     p.add_argument(
-        "--threshold", type=float, default=0.3, help="minimum score to report (default: 0.3)"
+        "--threshold", type=_score, default=0.3, help="minimum score to report (default: 0.3)"
     )
     p.add_argument("--device", help="cpu, cuda, mps (default: where the model loads)")
     p.set_defaults(run=_detect_command)
@@ -500,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ssd-tutorial`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ssd_tutorial.backbones import WeightsUnavailableError
+    from ssd_tutorial.weights import WeightsUnavailableError
 
     try:
         return args.run(args)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ssd_tutorial.anchors import default_boxes
 from ssd_tutorial.data.files import read_image
-from ssd_tutorial.postprocess import Detections, detect
+from ssd_tutorial.postprocess import NMS_THRESHOLD, TOP_K, Detections, detect
 from ssd_tutorial.preprocess import preprocess
 
 if TYPE_CHECKING:
@@ -103,8 +103,8 @@ class Detector:
         class_names: Sequence[str],
         device: torch.device | str | None = None,
         conf_threshold: float = DISPLAY_THRESHOLD,
-        nms_threshold: float = 0.45,
-        top_k: int = 200,
+        nms_threshold: float = NMS_THRESHOLD,
+        top_k: int = TOP_K,
     ) -> None:
         num_classes = model.num_classes
         if len(class_names) == num_classes - 1:

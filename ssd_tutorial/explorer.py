@@ -37,9 +37,10 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ssd_tutorial import anchors
-from ssd_tutorial.boxes import decode
+from ssd_tutorial.boxes import IOU_THRESHOLD, decode
 from ssd_tutorial.matching import match_objects
 from ssd_tutorial.photos import LabelledPhoto, chelsea
+from ssd_tutorial.postprocess import CANDIDATES_PER_CLASS, CONF_THRESHOLD, NMS_THRESHOLD, TOP_K
 from ssd_tutorial.preprocess import denormalize
 from ssd_tutorial.profiling import eval_mode
 
@@ -248,10 +249,13 @@ def _known_source_names() -> dict[tuple[int, ...], tuple[str, ...]]:
     from ssd_tutorial.model import ARCHITECTURES
 
     known: dict[tuple[int, ...], tuple[str, ...]] = {}
-    for make_base, config, _ in ARCHITECTURES.values():
+    for architecture in ARCHITECTURES.values():
+        config = architecture.anchors
         if config.feature_maps not in known:
             with torch.device("meta"):  # shapes only: no weights are made, nothing is computed
-                known[config.feature_maps] = source_names(make_base(), config.image_size)
+                known[config.feature_maps] = source_names(
+                    architecture.make_base(), config.image_size
+                )
     return known
 
 
@@ -278,7 +282,7 @@ def matching_data(
         "config": config_json(config),
         "image": _jpeg_data_uri(_image_array(image), view),
         "ground_truth": _objects_json(boxes, names),
-        "threshold": 0.5,
+        "threshold": IOU_THRESHOLD,
         "view": view,
     }
 
@@ -343,8 +347,8 @@ def nms_data(
     class_names: Sequence[str],
     boxes: Tensor | None = None,
     labels: Tensor | None = None,
-    candidates_per_class: int = 200,
-    min_score: float = 0.01,
+    candidates_per_class: int = CANDIDATES_PER_CLASS,
+    min_score: float = CONF_THRESHOLD,
     view: int = 360,
 ) -> dict:
     """The data of the NMS stepper: a model's candidate boxes on one image, class by class.
@@ -380,9 +384,9 @@ def nms_data(
         "initial_class": initial_class,
         "ground_truth": truth,
         "min_score": min_score,
-        "conf_threshold": 0.01,
-        "nms_threshold": 0.45,
-        "top_k": 200,
+        "conf_threshold": CONF_THRESHOLD,
+        "nms_threshold": NMS_THRESHOLD,
+        "top_k": TOP_K,
         "view": view,
     }
 
@@ -440,7 +444,7 @@ def ap_data(
         "images": [_jpeg_data_uri(_image_array(image), view) for image in images],
         "detections": dets,
         "ground_truth": gts,
-        "iou_threshold": 0.5,
+        "iou_threshold": IOU_THRESHOLD,
         "view": view,
     }
 

@@ -23,13 +23,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import onnx
-import onnxruntime
 import torch
 from torch import Tensor
 
 from ssd_tutorial.anchors import AnchorConfig
+from ssd_tutorial.checks import require_extra
 from ssd_tutorial.model import SSD, check_images
+
+onnx = require_extra("onnx", "export")
+onnxruntime = require_extra("onnxruntime", "export")
 
 #: Operator set written by default: the oldest the exporter writes, so the widest choice of
 #: runtimes (onnxruntime 1.14 and later) can load the file.

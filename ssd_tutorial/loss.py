@@ -47,7 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssd_tutorial.boxes import VARIANCES
+from ssd_tutorial.boxes import IOU_THRESHOLD, VARIANCES
+from ssd_tutorial.checks import check_num_classes, describe, non_finite_rows
 from ssd_tutorial.matching import match_objects
 
 
@@ -86,7 +87,7 @@ class MultiBoxLoss(nn.Module):
         neg_pos_ratio: float = 3,
         alpha: float = 1.0,
         variances: tuple[float, float] = VARIANCES,
-        iou_threshold: float = 0.5,
+        iou_threshold: float = IOU_THRESHOLD,
     ) -> None:
         super().__init__()
         if neg_pos_ratio < 0:
@@ -192,26 +193,22 @@ def _check_predictions(loc: Tensor, conf: Tensor, priors: Tensor, num_images: in
     num_priors = priors.shape[0] if isinstance(priors, Tensor) and priors.ndim == 2 else None
     expected_loc = [num_images, num_priors, 4]
     if not isinstance(loc, Tensor) or list(loc.shape) != expected_loc:
-        got = list(loc.shape) if isinstance(loc, Tensor) else type(loc).__name__
-        raise ValueError(f"loc must be [B, P, 4] = {expected_loc} (B images, P priors), got {got}")
+        raise ValueError(
+            f"loc must be [B, P, 4] = {expected_loc} (B images, P priors), got {describe(loc)}"
+        )
     if not isinstance(conf, Tensor) or conf.ndim != 3 or list(conf.shape[:2]) != expected_loc[:2]:
-        got = list(conf.shape) if isinstance(conf, Tensor) else type(conf).__name__
-        raise ValueError(f"conf must be [B, P, C] with B, P = {expected_loc[:2]}, got {got}")
-    if conf.shape[2] < 2:
-        raise ValueError(f"conf needs C >= 2 classes (background + 1), got C = {conf.shape[2]}")
+        raise ValueError(
+            f"conf must be [B, P, C] with B, P = {expected_loc[:2]}, got {describe(conf)}"
+        )
+    check_num_classes(conf.shape[2], "conf")
     if not (loc.is_floating_point() and conf.is_floating_point()):
         raise ValueError(f"loc and conf must be floating point, got {loc.dtype}, {conf.dtype}")
 
 
 def _check_finite(predictions: Tensor, name: str) -> None:
-    """Raise if ``predictions[B, P, K]`` holds a NaN or inf, naming the first default box.
-
-    The fast path is one sum: a non-finite entry makes the sum non-finite.
-    """
-    if bool(torch.isfinite(predictions.sum())):
-        return
-    bad = ~torch.isfinite(predictions).all(dim=-1)
-    if bool(bad.any()):  # else only the sum overflowed: huge but finite values
+    """Raise if ``predictions[B, P, K]`` holds a NaN or inf, naming the first default box."""
+    bad = non_finite_rows(predictions)
+    if bad is not None:
         image, prior = bad.nonzero()[0].tolist()
         raise NonFinitePredictionError(
             f"{name} contains NaN or inf for {int(bad.sum())} default box(es), "

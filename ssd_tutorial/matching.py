@@ -33,7 +33,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ssd_tutorial.boxes import VARIANCES, center_to_corners, encode
+from ssd_tutorial.boxes import IOU_THRESHOLD, VARIANCES, center_to_corners, encode
+from ssd_tutorial.checks import check_iou_threshold, describe, invalid_labels
 
 
 class Matches(NamedTuple):
@@ -100,7 +101,7 @@ def match(
     gt_boxes: Sequence[Tensor],
     gt_labels: Sequence[Tensor],
     priors: Tensor,
-    iou_threshold: float = 0.5,
+    iou_threshold: float = IOU_THRESHOLD,
 ) -> tuple[Tensor, Tensor]:
     """Training targets of a batch: the object box and the label of every default box.
 
@@ -125,7 +126,9 @@ def match(
     return matches.matched_boxes(priors), matches.prior_labels()
 
 
-def match_indices(gt_boxes: Sequence[Tensor], priors: Tensor, iou_threshold: float = 0.5) -> Tensor:
+def match_indices(
+    gt_boxes: Sequence[Tensor], priors: Tensor, iou_threshold: float = IOU_THRESHOLD
+) -> Tensor:
     """For each default box, the index of its object within its image, or -1 for background.
 
     The same result as torchvision's ``box_iou`` + ``SSDMatcher`` applied to each image on the
@@ -151,7 +154,7 @@ def match_objects(
     gt_boxes: Sequence[Tensor],
     gt_labels: Sequence[Tensor],
     priors: Tensor,
-    iou_threshold: float = 0.5,
+    iou_threshold: float = IOU_THRESHOLD,
     num_classes: int | None = None,
 ) -> Matches:
     """Match a batch and keep the result in terms of the concatenated ground truth.
@@ -250,11 +253,9 @@ def _image_of_object(first_object: Tensor, num_objects: int) -> Tensor:
 
 
 def _check_priors_and_threshold(priors: Tensor, iou_threshold: float) -> None:
-    if not 0 < iou_threshold <= 1:
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    check_iou_threshold(iou_threshold)
     if not isinstance(priors, Tensor) or priors.ndim != 2 or priors.shape[1] != 4:
-        shape = list(priors.shape) if isinstance(priors, Tensor) else type(priors).__name__
-        raise ValueError(f"priors must be a Tensor[P, 4] (cx, cy, w, h), got {shape}")
+        raise ValueError(f"priors must be a Tensor[P, 4] (cx, cy, w, h), got {describe(priors)}")
     if not priors.is_floating_point():
         raise ValueError(f"priors must be a floating-point tensor, got {priors.dtype}")
 
@@ -264,9 +265,9 @@ def _concatenate_boxes(gt_boxes: Sequence[Tensor], priors: Tensor) -> tuple[Tens
     counts = []
     for i, boxes in enumerate(gt_boxes):
         if not isinstance(boxes, Tensor) or boxes.ndim != 2 or boxes.shape[1] != 4:
-            shape = list(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
             raise ValueError(
-                f"gt_boxes[{i}] must be a Tensor[n, 4] (x1, y1, x2, y2, relative), got {shape}"
+                f"gt_boxes[{i}] must be a Tensor[n, 4] (x1, y1, x2, y2, relative), "
+                f"got {describe(boxes)}"
             )
         if not boxes.is_floating_point():
             raise ValueError(f"gt_boxes[{i}] must be a floating-point tensor, got {boxes.dtype}")
@@ -313,8 +314,9 @@ def _concatenate_labels(
 ) -> Tensor:
     for i, (labels, boxes) in enumerate(zip(gt_labels, gt_boxes)):
         if not isinstance(labels, Tensor) or labels.ndim != 1:
-            shape = list(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-            raise ValueError(f"gt_labels[{i}] must be a Tensor[n] of class indices, got {shape}")
+            raise ValueError(
+                f"gt_labels[{i}] must be a Tensor[n] of class indices, got {describe(labels)}"
+            )
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise ValueError(f"gt_labels[{i}] must be an integer tensor, got {labels.dtype}")
         if len(labels) != len(boxes):
@@ -325,12 +327,13 @@ def _concatenate_labels(
     if not gt_labels:
         return torch.zeros(0, dtype=torch.int64, device=device)
     labels = torch.cat(list(gt_labels)).to(device=device, dtype=torch.int64)
-    highest = num_classes - 1 if num_classes is not None else None
-    out_of_range = labels < 1 if highest is None else (labels < 1) | (labels > highest)
+    out_of_range = invalid_labels(labels, num_classes)
     if bool(out_of_range.any()):
         row = int(out_of_range.nonzero()[0, 0])
         image = int((first_object <= row).sum()) - 1
-        allowed = "1 or more" if highest is None else f"in 1..{highest} (C = {num_classes})"
+        allowed = (
+            "1 or more" if num_classes is None else f"in 1..{num_classes - 1} (C = {num_classes})"
+        )
         raise ValueError(
             f"gt_labels[{image}][{row - int(first_object[image])}] = {int(labels[row])}: "
             f"labels must be {allowed}; 0 is reserved for background"

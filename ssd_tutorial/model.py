@@ -16,11 +16,14 @@ SSDLite (``build_ssd("ssdlite320", C)``) has the same structure with a MobileNet
 depthwise-separable predictors (:class:`MultiBoxHead` with ``separable=True``).
 
 :func:`from_torchvision` and :func:`to_torchvision` convert weights from and to torchvision's
-``ssd300_vgg16``, which has exactly the same layers.
+``ssd300_vgg16``, which has exactly the same layers; they live in :mod:`ssd_tutorial.weights`
+with the other weight loaders, and are importable from here, where chapter 4 calls them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -33,25 +36,41 @@ from ssd_tutorial.anchors import (
     SSD_TINY,
     SSDLITE320,
     AnchorConfig,
-    default_boxes,
     resized_config,
 )
 from ssd_tutorial.backbones import (
     SSD300_EXTRAS,
     SSD512_EXTRAS,
-    VGG16_STAGES,
-    MobileNetV3Backbone,
-    fetch_state_dict,
-    load_mobilenet_v3_imagenet,
-    load_vgg16_imagenet,
     separable_conv,
     ssdlite_features,
     ssdlite_tiny_features,
     tiny_features,
-    torchvision_vgg_indices,
     vgg16_features,
 )
 from ssd_tutorial.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from ssd_tutorial.weights import (
+    from_torchvision,
+    load_mobilenet_v3_imagenet,
+    load_torchvision_coco,
+    load_vgg16_imagenet,
+    to_torchvision,
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "SSD",
+    "TORCHVISION_MEAN",
+    "TORCHVISION_STD",
+    "Architecture",
+    "MultiBoxHead",
+    "build_ssd",
+    "check_images",
+    "config_for_size",
+    "count_parameters",
+    "from_torchvision",
+    "load_torchvision_coco",
+    "to_torchvision",
+]
 
 #: Input normalisation of torchvision's ``ssd300_vgg16``: ``(x - mean) / std`` on RGB in [0, 1],
 #: i.e. the Caffe convention (0-255 pixels minus the mean pixel), which its COCO weights expect.
@@ -214,15 +233,50 @@ def _check_sources(sources: list[Tensor], config: AnchorConfig) -> None:
         )
 
 
-#: The networks :func:`build_ssd` knows: name -> (base builder, default boxes, separable heads).
-ARCHITECTURES = {
-    "ssd300": (partial(vgg16_features, SSD300_EXTRAS), SSD300, False),
-    "ssd300_coco": (partial(vgg16_features, SSD300_EXTRAS), SSD300_COCO, False),
-    "ssd512": (partial(vgg16_features, SSD512_EXTRAS), SSD512, False),
-    "ssd_tiny": (tiny_features, SSD_TINY, False),
-    "ssdlite320": (ssdlite_features, SSDLITE320, True),
+@dataclass(frozen=True)
+class Architecture:
+    """One network :func:`build_ssd` knows: how to make its parts, and its pretrained base.
+
+    Attributes:
+        make_base: builds the base (backbone + extras), e.g.
+            :func:`ssd_tutorial.backbones.vgg16_features`.
+        anchors: its default boxes; ``anchors.image_size`` is the input size.
+        separable_head: SSDLite's depthwise-separable predictors (:class:`MultiBoxHead`).
+        load_pretrained_base: copies ImageNet weights into ``model.base.backbone`` (downloading
+            them); ``None`` for a base that has none.
+    """
+
+    make_base: Callable[[], nn.Module]
+    anchors: AnchorConfig
+    separable_head: bool = False
+    load_pretrained_base: Callable[[nn.Module], None] | None = None
+
+
+_VGG16_SSD300 = partial(vgg16_features, SSD300_EXTRAS)
+
+#: The networks :func:`build_ssd` knows, by name.
+ARCHITECTURES: dict[str, Architecture] = {
+    "ssd300": Architecture(_VGG16_SSD300, SSD300, load_pretrained_base=load_vgg16_imagenet),
+    "ssd300_coco": Architecture(
+        _VGG16_SSD300, SSD300_COCO, load_pretrained_base=load_vgg16_imagenet
+    ),
+    "ssd512": Architecture(
+        partial(vgg16_features, SSD512_EXTRAS), SSD512, load_pretrained_base=load_vgg16_imagenet
+    ),
+    "ssd_tiny": Architecture(tiny_features, SSD_TINY),
+    "ssdlite320": Architecture(
+        ssdlite_features,
+        SSDLITE320,
+        separable_head=True,
+        load_pretrained_base=load_mobilenet_v3_imagenet,
+    ),
     # the tiny model's input and default boxes, so the two compare network against network
-    "ssdlite_tiny": (ssdlite_tiny_features, SSD_TINY, True),
+    "ssdlite_tiny": Architecture(
+        ssdlite_tiny_features,
+        SSD_TINY,
+        separable_head=True,
+        load_pretrained_base=load_mobilenet_v3_imagenet,
+    ),
 }
 
 
@@ -238,22 +292,24 @@ def build_ssd(name: str, num_classes: int, pretrained_base: bool = False) -> SSD
         num_classes: ``C``, background included.
         pretrained_base: load ImageNet weights into the backbone: VGG-16 (downloads 528 MB)
             or MobileNetV3-Large (22 MB); ssd_tiny has none. Raises
-            :class:`ssd_tutorial.backbones.WeightsUnavailableError` offline.
+            :class:`ssd_tutorial.weights.WeightsUnavailableError` offline.
     """
     if name not in ARCHITECTURES:
         raise ValueError(f"name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
-    make_base, config, separable_head = ARCHITECTURES[name]
-    model = SSD(make_base(), config, num_classes, separable_head=separable_head)
+    architecture = ARCHITECTURES[name]
+    model = SSD(
+        architecture.make_base(),
+        architecture.anchors,
+        num_classes,
+        separable_head=architecture.separable_head,
+    )
     model.architecture = name
     if pretrained_base:
-        if name == "ssd_tiny":
+        if architecture.load_pretrained_base is None:
             raise ValueError(
-                "pretrained_base needs a VGG-16 model or a MobileNetV3, ssd_tiny has its own base"
+                f"pretrained_base needs a VGG-16 model or a MobileNetV3, {name} has its own base"
             )
-        if isinstance(model.base.backbone, MobileNetV3Backbone):
-            load_mobilenet_v3_imagenet(model.base.backbone)
-        else:
-            load_vgg16_imagenet(model.base.backbone)
+        architecture.load_pretrained_base(model.base.backbone)
     return model
 
 
@@ -283,121 +339,3 @@ def config_for_size(base: nn.Module, template: AnchorConfig, image_size: int) ->
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (26,285,486 for SSD300 with 21 classes)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def from_torchvision(
-    model_or_state_dict: nn.Module | dict[str, Tensor], num_classes: int | None = None
-) -> SSD:
-    """Our ``"ssd300_coco"`` SSD with the weights of a torchvision ``ssd300_vgg16``.
-
-    Args:
-        model_or_state_dict: a torchvision ``SSD`` built by ``ssd300_vgg16`` (with its default
-            boxes, which are those of :data:`SSD300_COCO`) or its state dict.
-        num_classes: expected ``C``; by default read from the classification head.
-
-    Returns:
-        SSD whose ``forward`` equals torchvision's ``model.head(model.backbone(x))`` on the same
-        normalised input. ``image_mean``/``image_std`` are the torchvision model's (or
-        :data:`TORCHVISION_MEAN`/:data:`TORCHVISION_STD` for a state dict): preprocess with them.
-    """
-    mean, std = TORCHVISION_MEAN, TORCHVISION_STD
-    if isinstance(model_or_state_dict, nn.Module):
-        transform = model_or_state_dict.transform
-        mean, std = tuple(transform.image_mean), tuple(transform.image_std)
-        state_dict = model_or_state_dict.state_dict()
-    else:
-        state_dict = model_or_state_dict
-    names = _torchvision_names()
-    missing = sorted(set(names.values()) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(names.values()))
-    if missing or unexpected:
-        raise ValueError(
-            f"not a torchvision ssd300_vgg16 state dict: {len(missing)} keys missing "
-            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}"
-        )
-    # conv4_3 has 4 default boxes per cell, so its classifier has 4 * C filters
-    found = state_dict["head.classification_head.module_list.0.weight"].shape[0] // 4
-    if num_classes is not None and num_classes != found:
-        raise ValueError(f"num_classes={num_classes} but the torchvision model has {found}")
-    model = build_ssd("ssd300_coco", found)
-    model.image_mean, model.image_std = mean, std
-    model.load_state_dict({ours: state_dict[theirs] for ours, theirs in names.items()})
-    return model
-
-
-def to_torchvision(ssd: SSD) -> nn.Module:
-    """A torchvision ``ssd300_vgg16`` with the weights of ``ssd`` (an ``"ssd300_coco"`` SSD).
-
-    torchvision generates its own default boxes, those of :data:`SSD300_COCO`, so ``ssd`` must
-    use the same ones (a model trained with VOC's :data:`SSD300` boxes would decode wrongly).
-    The returned model normalises its input with ``ssd.image_mean`` and ``ssd.image_std``.
-    """
-    ours_boxes, theirs_boxes = default_boxes(ssd.config), default_boxes(SSD300_COCO)
-    if ours_boxes.shape != theirs_boxes.shape or not torch.allclose(ours_boxes, theirs_boxes):
-        raise ValueError(
-            f"torchvision's ssd300_vgg16 uses the default boxes of SSD300_COCO, this model uses "
-            f"{ssd.config.name!r}: build it with build_ssd('ssd300_coco', ...)"
-        )
-    from torchvision.models.detection import ssd300_vgg16
-
-    # Built on the meta device: torchvision's random init (and its 120M-parameter VGG
-    # classifier, dropped by the SSD) would cost seconds for weights that are replaced anyway.
-    with torch.device("meta"):
-        model = ssd300_vgg16(
-            weights=None,
-            weights_backbone=None,
-            num_classes=ssd.num_classes,
-            image_mean=list(ssd.image_mean),
-            image_std=list(ssd.image_std),
-        )
-    state_dict = ssd.state_dict()
-    weights = {theirs: state_dict[ours].clone() for ours, theirs in _torchvision_names().items()}
-    model.load_state_dict(weights, assign=True)
-    return model
-
-
-def load_torchvision_coco(progress: bool = True) -> SSD:
-    """Our SSD300 with torchvision's COCO weights (``SSD300_VGG16_Weights.COCO_V1``, 25.1 AP).
-
-    91 classes: torchvision's COCO category ids, 0 being the background, names in
-    ``SSD300_VGG16_Weights.COCO_V1.meta["categories"]``. Preprocess with the returned model's
-    ``image_mean`` and ``image_std`` (:data:`TORCHVISION_MEAN`, :data:`TORCHVISION_STD`).
-
-    Raises:
-        ssd_tutorial.backbones.WeightsUnavailableError: if the 136 MB file cannot be downloaded.
-    """
-    from torchvision.models.detection import SSD300_VGG16_Weights
-
-    return from_torchvision(fetch_state_dict(SSD300_VGG16_Weights.COCO_V1, progress))
-
-
-def _torchvision_names() -> dict[str, str]:
-    """Our state-dict keys -> torchvision ``ssd300_vgg16``'s, e.g.
-
-    ``base.backbone.conv1_to_conv4.conv1_1.weight`` -> ``backbone.features.0.weight``.
-
-    torchvision keeps VGG's ``features`` up to conv4_3 as they are, then puts pool4 .. conv5_3
-    and a small ``Sequential`` (pool5, fc6, ReLU, fc7, ReLU) into ``extra.0``; conv8 .. conv11
-    are ``extra.1`` .. ``extra.4``. Its L2Norm weight is ``backbone.scale_weight``.
-    """
-    vgg_index = torchvision_vgg_indices(VGG16_STAGES)
-    pool4 = vgg_index["conv4_3"] + 2
-    prefixes = {}
-    for name, index in vgg_index.items():
-        if name.startswith("conv5"):
-            prefixes[f"base.backbone.conv5_to_fc7.{name}"] = f"backbone.extra.0.{index - pool4}"
-        else:
-            prefixes[f"base.backbone.conv1_to_conv4.{name}"] = f"backbone.features.{index}"
-    prefixes["base.backbone.conv5_to_fc7.fc6"] = "backbone.extra.0.7.1"
-    prefixes["base.backbone.conv5_to_fc7.fc7"] = "backbone.extra.0.7.3"
-    for level, n in enumerate(range(8, 8 + len(SSD300_EXTRAS)), start=1):
-        prefixes[f"base.extras.conv{n}.conv{n}_1"] = f"backbone.extra.{level}.0"
-        prefixes[f"base.extras.conv{n}.conv{n}_2"] = f"backbone.extra.{level}.2"
-    for m in range(len(SSD300_COCO.feature_maps)):
-        prefixes[f"head.loc.{m}"] = f"head.regression_head.module_list.{m}"
-        prefixes[f"head.conf.{m}"] = f"head.classification_head.module_list.{m}"
-    names = {"base.backbone.l2norm.weight": "backbone.scale_weight"}
-    for ours, theirs in prefixes.items():
-        names[f"{ours}.weight"] = f"{theirs}.weight"
-        names[f"{ours}.bias"] = f"{theirs}.bias"
-    return names

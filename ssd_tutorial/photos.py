@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ssd_tutorial.checks import require_extra
+
 
 @dataclass(frozen=True)
 class LabelledPhoto:
@@ -28,8 +30,7 @@ class LabelledPhoto:
 
 def chelsea() -> LabelledPhoto:
     """scikit-image's cat photo (300 x 451) with its face, eyes and nose labelled by hand."""
-    from skimage import data
-
+    data = require_extra("skimage.data", "photos")
     boxes = torch.tensor(
         [
             [30.0, 0.0, 400.0, 300.0],  # face

@@ -56,6 +56,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssd_tutorial.boxes import VARIANCES, check_boxes, decode, pairwise_iou
+from ssd_tutorial.checks import check_num_classes, non_finite_rows
+
+#: Defaults of :func:`detect`, those of the SSD paper's evaluation and of its reference code:
+#: minimum class score, NMS overlap, detections kept per image and candidates per class.
+CONF_THRESHOLD: float = 0.01
+NMS_THRESHOLD: float = 0.45
+TOP_K: int = 200
+CANDIDATES_PER_CLASS: int = 200
 
 
 class Detections(NamedTuple):
@@ -77,10 +85,10 @@ def detect(
     loc: Tensor,
     conf: Tensor,
     priors: Tensor,
-    conf_threshold: float = 0.01,
-    nms_threshold: float = 0.45,
-    top_k: int = 200,
-    candidates_per_class: int = 200,
+    conf_threshold: float = CONF_THRESHOLD,
+    nms_threshold: float = NMS_THRESHOLD,
+    top_k: int = TOP_K,
+    candidates_per_class: int = CANDIDATES_PER_CLASS,
     variances: tuple[float, float] = VARIANCES,
 ) -> list[Detections]:
     """Turn a batch of network outputs into detections (see the module docstring).
@@ -284,13 +292,11 @@ def _check_detect_inputs(loc: Tensor, conf: Tensor, priors: Tensor) -> None:
         raise ValueError(
             f"loc [B, P, 4], conf [B, P, C] and priors [P, 4] must agree on B and P, got {shapes}"
         )
-    if conf.shape[2] < 2:
-        raise ValueError(f"conf needs C >= 2 classes (background + 1), got C = {conf.shape[2]}")
+    check_num_classes(conf.shape[2], "conf")
     for name, t in (("loc", loc), ("conf", conf), ("priors", priors)):
         if not t.is_floating_point():
             raise ValueError(f"{name} must be floating point, got {t.dtype}")
-        # A sum is cheap and is NaN or inf whenever a value is; only then look closer.
-        if not t.sum().isfinite() and not t.isfinite().all():
+        if non_finite_rows(t) is not None:
             raise ValueError(f"{name} contains non-finite values (NaN or inf)")
 
 

@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from ssd_tutorial import quick_mode
+from ssd_tutorial.checkpoint import load_checkpoint
 from ssd_tutorial.data.catalog import open_dataset
 from ssd_tutorial.data.pool import ImagePool
 from ssd_tutorial.data.shapes import CLASS_NAMES, SyntheticShapes
@@ -49,7 +50,7 @@ from ssd_tutorial.data.transforms import (
 )
 from ssd_tutorial.evaluate import evaluate_model
 from ssd_tutorial.model import SSD, build_ssd
-from ssd_tutorial.train import PRESETS, TrainConfig, Trainer, load_checkpoint
+from ssd_tutorial.train import PRESETS, TrainConfig, Trainer
 
 #: Training steps (batches of 32) of :func:`shapes_model`: in quick mode (about three minutes
 #: of training on two CPU cores), and at full size.

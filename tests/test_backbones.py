@@ -7,6 +7,7 @@ from torch import nn
 from torchvision.models import vgg16
 
 from ssd_tutorial import backbones as B
+from ssd_tutorial import weights as W
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def torchvision_vgg16():
 @pytest.fixture(scope="module")
 def loaded_backbone(torchvision_vgg16):
     backbone = B.VGGAtrous().eval()
-    B.load_vgg16_imagenet(backbone, torchvision_vgg16.state_dict())
+    W.load_vgg16_imagenet(backbone, torchvision_vgg16.state_dict())
     return backbone
 
 
@@ -115,7 +116,7 @@ def test_new_layers_start_with_xavier_uniform_and_zero_bias():
 
 
 def test_torchvision_vgg_indices_of_vgg16(torchvision_vgg16):
-    indices = B.torchvision_vgg_indices(B.VGG16_STAGES)
+    indices = W.torchvision_vgg_indices(B.VGG16_STAGES)
     assert indices["conv1_1"] == 0
     assert indices["conv2_1"] == 5
     assert indices["conv4_3"] == 21
@@ -169,12 +170,12 @@ def test_load_vgg16_imagenet_rejects_other_widths_and_incomplete_state_dicts(tor
         TypeError,
         match=r"needs a VGGAtrous \(for an SSD: model.base.backbone\), got MultiScaleFeatures",
     ):
-        B.load_vgg16_imagenet(B.vgg16_features(), torchvision_vgg16.state_dict())
+        W.load_vgg16_imagenet(B.vgg16_features(), torchvision_vgg16.state_dict())
     with pytest.raises(ValueError, match="needs VGGAtrous with VGG-16's widths"):
-        B.load_vgg16_imagenet(B.tiny_features().backbone, torchvision_vgg16.state_dict())
+        W.load_vgg16_imagenet(B.tiny_features().backbone, torchvision_vgg16.state_dict())
     features_only = {k: v for k, v in torchvision_vgg16.state_dict().items() if "features" in k}
     with pytest.raises(ValueError, match=r"missing \['classifier.0.weight', 'classifier.3.weight'"):
-        B.load_vgg16_imagenet(B.VGGAtrous(), features_only)
+        W.load_vgg16_imagenet(B.VGGAtrous(), features_only)
 
 
 def test_vgg_atrous_needs_five_stages():
@@ -193,22 +194,23 @@ class _UnreachableWeights:
 
 
 def test_failed_download_raises_a_clear_error():
-    with pytest.raises(B.WeightsUnavailableError, match=r"could not download VGG16_Weights.TEST"):
-        B.fetch_state_dict(_UnreachableWeights())
-    with pytest.raises(B.WeightsUnavailableError, match="need internet access"):
-        B.fetch_state_dict(_UnreachableWeights())
+    with pytest.raises(W.WeightsUnavailableError, match=r"could not download VGG16_Weights.TEST"):
+        W.fetch_state_dict(_UnreachableWeights())
+    with pytest.raises(W.WeightsUnavailableError, match="need internet access"):
+        W.fetch_state_dict(_UnreachableWeights())
 
 
+@pytest.mark.internet
 @pytest.mark.slow
 def test_load_vgg16_imagenet_from_the_internet():
     from torchvision.models import VGG16_Weights
 
     try:
-        state_dict = B.fetch_state_dict(VGG16_Weights.IMAGENET1K_V1, progress=False)
-    except B.WeightsUnavailableError as err:
+        state_dict = W.fetch_state_dict(VGG16_Weights.IMAGENET1K_V1, progress=False)
+    except W.WeightsUnavailableError as err:
         pytest.skip(f"offline: {err}")
     backbone = B.VGGAtrous()
-    B.load_vgg16_imagenet(backbone)  # downloads again through torch's cache
+    W.load_vgg16_imagenet(backbone)  # downloads again through torch's cache
     assert torch.equal(backbone.conv1_to_conv4.conv1_1.weight, state_dict["features.0.weight"])
     assert torch.equal(backbone.conv5_to_fc7.fc7.bias, state_dict["classifier.3.bias"][::4])
 
@@ -295,7 +297,7 @@ def torchvision_mobilenet():
 
 def test_load_mobilenet_v3_imagenet_copies_the_feature_layers(torchvision_mobilenet):
     backbone = B.MobileNetV3Backbone()
-    B.load_mobilenet_v3_imagenet(backbone, torchvision_mobilenet.state_dict())
+    W.load_mobilenet_v3_imagenet(backbone, torchvision_mobilenet.state_dict())
     ours = backbone.features.state_dict()
     theirs = torchvision_mobilenet.features.state_dict()
     assert ours.keys() == theirs.keys()
@@ -305,14 +307,14 @@ def test_load_mobilenet_v3_imagenet_copies_the_feature_layers(torchvision_mobile
 def test_load_mobilenet_v3_imagenet_rejects_what_does_not_fit(torchvision_mobilenet):
     weights = torchvision_mobilenet.state_dict()
     with pytest.raises(TypeError, match=r"needs a MobileNetV3Backbone.*got VGGAtrous"):
-        B.load_mobilenet_v3_imagenet(B.VGGAtrous(), weights)
+        W.load_mobilenet_v3_imagenet(B.VGGAtrous(), weights)
     with pytest.raises(ValueError, match="full tail"):
-        B.load_mobilenet_v3_imagenet(B.MobileNetV3Backbone(reduced_tail=True), weights)
+        W.load_mobilenet_v3_imagenet(B.MobileNetV3Backbone(reduced_tail=True), weights)
     incomplete = {k: v for k, v in weights.items() if not k.startswith("features.16.")}
     with pytest.raises(
         ValueError, match=r"mobilenet_v3_large state dict, missing 6 .*features\.16\.0\.weight"
     ):
-        B.load_mobilenet_v3_imagenet(B.MobileNetV3Backbone(), incomplete)
+        W.load_mobilenet_v3_imagenet(B.MobileNetV3Backbone(), incomplete)
 
 
 def test_pretrained_ssdlite_fails_cleanly_offline(monkeypatch):
@@ -324,18 +326,19 @@ def test_pretrained_ssdlite_fails_cleanly_offline(monkeypatch):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(MobileNet_V3_Large_Weights, "get_state_dict", unreachable)
-    with pytest.raises(B.WeightsUnavailableError, match="could not download MobileNet_V3_Large"):
+    with pytest.raises(W.WeightsUnavailableError, match="could not download MobileNet_V3_Large"):
         build_ssd("ssdlite320", 21, pretrained_base=True)
 
 
+@pytest.mark.internet
 @pytest.mark.slow
 def test_load_mobilenet_v3_imagenet_from_the_internet():
     from torchvision.models import MobileNet_V3_Large_Weights
 
     try:
-        state_dict = B.fetch_state_dict(MobileNet_V3_Large_Weights.IMAGENET1K_V1, progress=False)
-    except B.WeightsUnavailableError as err:
+        state_dict = W.fetch_state_dict(MobileNet_V3_Large_Weights.IMAGENET1K_V1, progress=False)
+    except W.WeightsUnavailableError as err:
         pytest.skip(f"offline: {err}")
     backbone = B.MobileNetV3Backbone()
-    B.load_mobilenet_v3_imagenet(backbone)  # downloads again through torch's cache
+    W.load_mobilenet_v3_imagenet(backbone)  # downloads again through torch's cache
     assert torch.equal(backbone.features[0][0].weight, state_dict["features.0.0.weight"])

@@ -5,6 +5,7 @@ import sys
 import pytest
 from PIL import Image
 
+from conftest import online
 from ssd_tutorial.data.shapes import CLASS_NAMES, SyntheticShapes
 from ssd_tutorial.photos import chelsea
 
@@ -87,16 +88,40 @@ def test_train_resume_and_evaluate_a_tiny_model(tmp_path):
     assert Image.open(detected / "shapes.png").size == (150, 90)
 
 
-def test_detect_with_torchvision_weights_downloads_them_or_says_why_not(tmp_path):
+def detect_the_cat_with_torchvision_weights(tmp_path):
     image = tmp_path / "cat.png"
     Image.fromarray(chelsea().image).save(image)
     result = run_cli("detect", str(image), "--torchvision-coco", "--out", str(tmp_path / "out"))
-    if result.returncode == 0:  # online: real COCO detections of the cat
-        report = json.loads((tmp_path / "out" / "detections.json").read_text())[str(image)]
-        assert "cat" in [found["name"] for found in report["detections"]]
-    else:
-        assert result.returncode == 1 and "Traceback" not in result.stderr
-        assert "could not download" in result.stderr
+    return image, result
+
+
+@pytest.mark.internet
+def test_detect_with_torchvision_weights_finds_the_cat(tmp_path):
+    image, result = detect_the_cat_with_torchvision_weights(tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "detections.json").read_text())[str(image)]
+    assert "cat" in [found["name"] for found in report["detections"]]
+
+
+@pytest.mark.skipif(online(), reason="online: the download succeeds (the internet test runs)")
+def test_detect_with_torchvision_weights_offline_says_why(tmp_path):
+    _, result = detect_the_cat_with_torchvision_weights(tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "could not download" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["detect", "x.png", "--torchvision-coco", "--threshold", "1.5"], "must be in [0, 1)"),
+        (["train", "--batch-size", "0", "--no-eval"], "the batch size must be >= 1, got 0"),
+        (["train", "--milestones", "200", "100", "--no-eval"], "milestones must be increasing"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(tmp_path, args, message):
+    result = run_cli(*args, "--out", str(tmp_path / "out"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert message in result.stderr
 
 
 def test_missing_files_are_clear_errors(tmp_path):

@@ -20,11 +20,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ssd_tutorial import distributed
 from ssd_tutorial.anchors import default_boxes
+from ssd_tutorial.checkpoint import load_model
 from ssd_tutorial.data.shapes import CLASS_NAMES, SyntheticShapes
 from ssd_tutorial.data.transforms import collate, eval_transforms, train_transforms
 from ssd_tutorial.loss import MultiBoxLoss
 from ssd_tutorial.model import build_ssd
-from ssd_tutorial.train import TrainConfig, Trainer, load_model
+from ssd_tutorial.train import TrainConfig, Trainer
 
 WORLD_SIZE = 2
 STEPS = 3

@@ -4,19 +4,23 @@ from torch import nn
 from torchvision.models.detection import ssd300_vgg16
 
 from ssd_tutorial import anchors
-from ssd_tutorial.backbones import WeightsUnavailableError, tiny_features, vgg16_features
+from ssd_tutorial.backbones import tiny_features, vgg16_features
 from ssd_tutorial.model import (
+    ARCHITECTURES,
     SSD,
     TORCHVISION_MEAN,
     TORCHVISION_STD,
     MultiBoxHead,
     build_ssd,
     count_parameters,
+)
+from ssd_tutorial.preprocess import IMAGENET_MEAN
+from ssd_tutorial.weights import (
+    WeightsUnavailableError,
     from_torchvision,
     load_torchvision_coco,
     to_torchvision,
 )
-from ssd_tutorial.preprocess import IMAGENET_MEAN
 
 
 def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -248,6 +252,7 @@ def test_vgg16_features_are_the_base_of_ssd300():
     )
 
 
+@pytest.mark.internet
 @pytest.mark.slow
 def test_load_torchvision_coco_from_the_internet():
     try:
@@ -362,7 +367,8 @@ def test_ssdlite_with_reduced_tail_equals_torchvision_ssdlite(torchvision_ssdlit
 
 @pytest.mark.parametrize("name", ["ssdlite320", "ssdlite_tiny"])
 def test_ssdlite_round_trips_through_a_checkpoint(tmp_path, name):
-    from ssd_tutorial.train import TrainConfig, Trainer, load_model
+    from ssd_tutorial.checkpoint import load_model
+    from ssd_tutorial.train import TrainConfig, Trainer
 
     torch.manual_seed(0)
     model = _randomize(build_ssd(name, 9), seed=3)
@@ -381,3 +387,11 @@ def test_ssdlite_tiny_shares_the_tiny_models_default_boxes():
         loc, conf = model(torch.randn(2, 3, 128, 128))
     assert model.config is anchors.SSD_TINY
     assert loc.shape == (2, 1524, 4) and conf.shape == (2, 1524, 9)
+
+
+def test_every_architecture_record_builds_its_network_with_its_default_boxes():
+    for name, architecture in ARCHITECTURES.items():
+        with torch.device("meta"):  # shapes only
+            model = build_ssd(name, 3)
+        assert model.config is architecture.anchors and model.architecture == name
+        assert model.head.num_classes == 3

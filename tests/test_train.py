@@ -7,16 +7,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from conftest import tiny_trainer
 from ssd_tutorial.data.shapes import CLASS_NAMES, SyntheticShapes
 from ssd_tutorial.data.transforms import collate, eval_transforms, train_transforms
-from ssd_tutorial.model import build_ssd
 from ssd_tutorial.train import (
     PRESETS,
     TrainConfig,
-    Trainer,
     learning_rate_factor,
-    load_checkpoint,
-    load_model,
 )
 
 NUM_CLASSES = len(CLASS_NAMES)
@@ -26,13 +23,6 @@ def loader(length: int, batch_size: int, augment: bool = True, shuffle: bool = T
     transforms = train_transforms(128) if augment else eval_transforms(128)
     data = SyntheticShapes(length=length, image_size=128, seed=7, transforms=transforms)
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=collate)
-
-
-def tiny_trainer(config: TrainConfig, **kwargs) -> Trainer:
-    torch.manual_seed(0)
-    return Trainer(
-        build_ssd("ssd_tiny", NUM_CLASSES), config, device="cpu", progress=False, **kwargs
-    )
 
 
 def test_learning_rate_warm_up_and_steps_by_hand():
@@ -120,18 +110,6 @@ def test_a_diverging_run_stops_with_a_message_naming_the_step():
             trainer.train_step(batch)
 
 
-def test_checkpoint_of_another_model_is_refused(tmp_path):
-    tiny_trainer(TrainConfig()).save_checkpoint(tmp_path / "tiny.pt")
-    other = build_ssd("ssd_tiny", NUM_CLASSES + 1)
-    with pytest.raises(ValueError, match=r"another model: num_classes 9 in the checkpoint, 10"):
-        load_checkpoint(tmp_path / "tiny.pt", other)
-    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
-        load_checkpoint(tmp_path / "missing.pt", other)
-    torch.save({"weights": 1}, tmp_path / "foreign.pt")
-    with pytest.raises(ValueError, match="not an ssd_tutorial checkpoint"):
-        load_checkpoint(tmp_path / "foreign.pt", other)
-
-
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -148,28 +126,6 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 def test_bad_configs_are_rejected(changes, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**changes)
-
-
-def test_load_model_rebuilds_the_trained_model_with_its_class_names(tmp_path):
-    trainer = tiny_trainer(TrainConfig(), class_names=CLASS_NAMES)
-    trainer.model.image_mean = (0.5, 0.5, 0.5)
-    trainer.save_checkpoint(tmp_path / "last.pt")
-    model, class_names = load_model(tmp_path / "last.pt")
-    assert class_names == CLASS_NAMES
-    assert model.architecture == "ssd_tiny" and not model.training
-    assert model.image_mean == (0.5, 0.5, 0.5)
-    torch.testing.assert_close(model.state_dict(), trainer.model.state_dict(), rtol=0, atol=0)
-
-
-def test_load_model_refuses_what_it_cannot_rebuild(tmp_path):
-    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
-        load_model(tmp_path / "garbage.pt")
-    trainer = tiny_trainer(TrainConfig())
-    trainer.model.architecture = None  # a model put together by hand
-    trainer.save_checkpoint(tmp_path / "custom.pt")
-    with pytest.raises(ValueError, match="build_ssd cannot rebuild"):
-        load_model(tmp_path / "custom.pt")
 
 
 def test_class_names_must_match_the_model():

@@ -1,0 +1,73 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ssd_tutorial import cocoeval
+from ssd_tutorial.checks import (
+    check_iou_threshold,
+    check_num_classes,
+    describe,
+    invalid_labels,
+    non_finite_rows,
+)
+
+
+def test_describe_gives_a_tensors_shape_and_anything_elses_type():
+    assert describe(torch.zeros(2, 3)) == [2, 3]
+    assert describe([1, 2]) == "list"
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "expected"),
+    [(None, [True, False, False, False]), (3, [True, False, False, True])],
+)
+def test_invalid_labels_are_the_background_and_those_past_the_last_class(num_classes, expected):
+    assert invalid_labels(torch.tensor([0, 1, 2, 3]), num_classes).tolist() == expected
+
+
+def test_non_finite_rows_names_the_rows_and_ignores_an_overflowing_sum():
+    values = torch.zeros(3, 2)
+    assert non_finite_rows(values) is None
+    values[1, 0] = float("nan")
+    assert non_finite_rows(values).tolist() == [False, True, False]
+    huge = torch.full((4, 2), torch.finfo(torch.float32).max)  # the sum is inf, no value is
+    assert non_finite_rows(huge) is None
+
+
+def test_bad_class_counts_and_thresholds_are_named():
+    with pytest.raises(
+        ValueError, match=r"conf needs C >= 2 classes \(background \+ 1\), got C = 1"
+    ):
+        check_num_classes(1, "conf")
+    for threshold in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"iou_threshold must be in \(0, 1\]"):
+            check_iou_threshold(threshold)
+    check_iou_threshold(1.0)
+
+
+@pytest.mark.parametrize(
+    ("module", "blocked", "extra"),
+    [
+        ("ssd_tutorial.export", "onnxruntime", "export"),
+        ("ssd_tutorial.photos", "skimage", "photos"),
+    ],
+)
+def test_a_missing_extra_is_named_in_the_import_error(module, blocked, extra):
+    # A fresh interpreter in which the optional package cannot be imported.
+    code = (
+        f"import sys; sys.modules[{blocked!r}] = None; import {module} as m; "
+        "getattr(m, 'chelsea', lambda: None)()"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"pip install ssd-tutorial[{extra}]" in result.stderr
+
+
+def test_the_coco_metrics_name_their_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pycocotools.coco", None)
+    with pytest.raises(ImportError, match=r"pip install ssd-tutorial\[coco\]"):
+        cocoeval.run_cocoeval(
+            [{"boxes": [], "scores": [], "labels": []}], [{"boxes": [], "labels": []}]
+        )
