@@ -14,6 +14,7 @@ earlier one):
 * a pool of :data:`POOL_IMAGES` training images drawn once per process
   (:class:`~ssd_tutorial.data.pool.ImagePool`) and augmented in the training process, with no
   loader worker: on two cores a worker takes the training step's threads away from it;
+* the flips done on whole batches (:func:`~ssd_tutorial.data.transforms.collate_flipped`);
 * AdamW at a high rate with a cosine decay to zero (:data:`~ssd_tutorial.train.PRESETS`
   ``tiny_cpu``, ``schedule="cosine"``);
 * horizontal flips only (:data:`SHORT_RUN_AUGMENTATIONS`): in a run of a few passes over the
@@ -54,7 +55,7 @@ from ssd_tutorial.train import PRESETS, TrainConfig, Trainer
 
 #: Training steps (batches of 32) of :func:`shapes_model`: in quick mode (about three minutes
 #: of training on two CPU cores), and at full size.
-SHAPES_STEPS: dict[str, int] = {"quick": 700, "full": 2800}
+SHAPES_STEPS: dict[str, int] = {"quick": 1400, "full": 2800}
 #: Steps between two evaluations during training (one "epoch" of the run).
 STEPS_PER_EPOCH = 100
 BATCH_SIZE = 32
