@@ -526,6 +526,35 @@ def test_each_kind_of_file_names_the_call_it_needs(tiny_onnx, tiny_detections_on
         OnnxSSD(tiny_detections_onnx).detect(torch.zeros(1, 3, 64, 64))
 
 
+def test_detector_on_a_file_with_postprocess_finds_what_it_finds_on_pytorch(
+    tiny, tiny_detections_onnx, picture
+):
+    for options in ({"conf_threshold": 0.05}, {"conf_threshold": 0.2, "top_k": 7}):
+        expected = Detector(tiny, NAMES, **options)([picture, picture[:60]])
+        found = Detector.from_onnx(tiny_detections_onnx, **options)([picture, picture[:60]])
+        assert sum(len(r.boxes) for r in expected) > 5
+        for a, b in zip(found, expected):
+            assert a.names == b.names and a.image_size == b.image_size
+            assert torch.equal(a.labels, b.labels)
+            torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5)
+            torch.testing.assert_close(a.boxes, b.boxes, rtol=0, atol=1e-3)  # pixels
+
+
+def test_detector_takes_its_defaults_from_the_options_built_in(tiny, tmp_path):
+    settings = Postprocessing(conf_threshold=0.4, nms_threshold=0.5, top_k=20)
+    path = export_onnx(tiny, tmp_path / "built_in.onnx", postprocess=settings)
+    detector = Detector.from_onnx(path)
+    assert (detector.conf_threshold, detector.nms_threshold, detector.top_k) == (0.4, 0.5, 20)
+    runner = OnnxSSD(path)
+    for options, message in [
+        ({"conf_threshold": 0.3}, r"conf_threshold must be at least 0.4, .* got 0.3"),
+        ({"conf_threshold": 0.5}, r"nms_threshold must be 0.5, .* runs the NMS\), got 0.45"),
+        ({"conf_threshold": 0.5, "nms_threshold": 0.5}, r"top_k must be at most 20, .* got 200"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Detector(runner, NAMES, **options)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -549,3 +578,33 @@ def test_an_opset_that_onnxruntime_cannot_run_is_named(tiny, tmp_path, monkeypat
     with pytest.raises(ValueError, match=r"onnxruntime .* cannot run .* at opset 20 \(Opset 20 is"):
         export_onnx(tiny, path, opset=20, postprocess=True)
     assert not path.exists()
+
+
+def test_cli_exports_both_kinds_and_detects_with_either(trained, tmp_path, capsys, picture):
+    model, checkpoint = trained
+    image = tmp_path / "shapes.png"
+    Image.fromarray(picture).save(image)
+    expected = Detector(model, CLASS_NAMES, conf_threshold=0.05)(image).to_dicts()
+    assert len(expected) > 0
+    for kind, flags, outputs in [
+        ("raw", [], "loc [B, 1524, 4], conf [B, 1524, 9]"),
+        ("detections", ["--with-postprocess"], "boxes [B, 200, 4], scores [B, 200], labels"),
+    ]:
+        onnx_file = tmp_path / f"{kind}.onnx"
+        code, out, err = run(
+            capsys, "export", "--checkpoint", checkpoint, "--output", onnx_file, *flags
+        )
+        assert code == 0, err
+        assert f"-> {onnx_file} (opset 18): images [B, 3, 128, 128] -> {outputs}" in out
+        assert OnnxSSD(onnx_file).class_names == CLASS_NAMES
+        found = tmp_path / f"found_{kind}"
+        code, _, err = run(
+            capsys, "detect", image, "--onnx", onnx_file, "--out", found, "--threshold", "0.05"
+        )
+        assert code == 0, err
+        report = json.loads((found / "detections.json").read_text())[str(image)]["detections"]
+        assert len(report) == len(expected)
+        for got, want in zip(report, expected):
+            assert (got["name"], got["label"]) == (want["name"], want["label"])
+            assert got["score"] == pytest.approx(want["score"], abs=1e-5)
+            assert got["box"] == pytest.approx(want["box"], abs=1e-3)
