@@ -1,5 +1,6 @@
 import copy
 import dataclasses
+import inspect
 import json
 
 import numpy as np
@@ -553,6 +554,12 @@ def test_detector_takes_its_defaults_from_the_options_built_in(tiny, tmp_path):
     ]:
         with pytest.raises(ValueError, match=message):
             Detector(runner, NAMES, **options)
+
+
+def test_postprocessing_defaults_are_those_of_detect():
+    defaults = inspect.signature(detect).parameters
+    for name, value in vars(Postprocessing()).items():
+        assert value == defaults[name].default, name
 
 
 @pytest.mark.parametrize(
