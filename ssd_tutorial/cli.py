@@ -137,8 +137,11 @@ def _detect_command(args: argparse.Namespace) -> int:
     from ssd_tutorial.detector import Detector
     from ssd_tutorial.viz import draw_detections
 
-    model, class_names = _detection_model(args)
-    detector = Detector(model, class_names, device=args.device, conf_threshold=args.threshold)
+    if args.onnx:  # raw or with post-processing: from_onnx reads which from the file
+        detector = Detector.from_onnx(args.onnx, device=args.device, conf_threshold=args.threshold)
+    else:
+        model, class_names = _detection_model(args)
+        detector = Detector(model, class_names, device=args.device, conf_threshold=args.threshold)
     missing = [str(path) for path in args.images if not path.is_file()]
     if missing:
         raise FileNotFoundError(f"no image file at {', '.join(missing)}")
@@ -161,12 +164,7 @@ def _detect_command(args: argparse.Namespace) -> int:
 
 
 def _detection_model(args: argparse.Namespace):
-    """The model and class names of ``--checkpoint``, ``--onnx`` or ``--torchvision-coco``."""
-    if args.onnx:
-        from ssd_tutorial.export import OnnxSSD
-
-        model = OnnxSSD(args.onnx)
-        return model, model.class_names
+    """The model and class names of ``--checkpoint`` or ``--torchvision-coco``."""
     if args.torchvision_coco:
         from torchvision.models.detection import SSD300_VGG16_Weights
 
@@ -182,17 +180,27 @@ def _detection_model(args: argparse.Namespace):
 
 def _export_command(args: argparse.Namespace) -> int:
     from ssd_tutorial.checkpoint import load_model
-    from ssd_tutorial.export import DEFAULT_OPSET, export_onnx
+    from ssd_tutorial.export import DEFAULT_OPSET, Postprocessing, export_onnx
 
     model, class_names = load_model(args.checkpoint)
     output = args.output or args.checkpoint.with_suffix(".onnx")
     opset = DEFAULT_OPSET if args.opset is None else args.opset
-    # the weights come from a checkpoint, whatever their values
-    export_onnx(model, output, class_names, opset=opset, allow_untrained=True)
-    size, boxes = model.config.image_size, model.config.num_boxes
+    export_onnx(
+        model,
+        output,
+        class_names,
+        opset=opset,
+        allow_untrained=True,  # the weights come from a checkpoint, whatever their values
+        postprocess=args.with_postprocess,
+    )
+    size, boxes, k = model.config.image_size, model.config.num_boxes, Postprocessing().top_k
+    outputs = (
+        f"boxes [B, {k}, 4], scores [B, {k}], labels [B, {k}], num_detections [B]"
+        if args.with_postprocess
+        else f"loc [B, {boxes}, 4], conf [B, {boxes}, {model.num_classes}]"
+    )
     print(
-        f"{args.checkpoint} -> {output} (opset {opset}): images [B, 3, {size}, {size}] -> "
-        f"loc [B, {boxes}, 4], conf [B, {boxes}, {model.num_classes}]"
+        f"{args.checkpoint} -> {output} (opset {opset}): images [B, 3, {size}, {size}] -> {outputs}"
     )
     return 0
 
@@ -465,7 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
     weights = p.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", type=Path, help="a checkpoint written by train")
     weights.add_argument(
-        "--onnx", type=Path, help="an ONNX file written by export (runs with onnxruntime)"
+        "--onnx",
+        type=Path,
+        help="an ONNX file written by export, with or without post-processing (runs with "
+        "onnxruntime)",
     )
     weights.add_argument(
         "--torchvision-coco",
@@ -482,15 +493,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "export",
         help="write a checkpoint's model to an ONNX file",
-        description="Write the network of a checkpoint to ONNX (dynamic batch axis, "
-        "post-processing left out) with its class names, input size, normalisation and default "
-        "boxes in the file's metadata; run it with `detect --onnx`.",
+        description="Write the network of a checkpoint to ONNX (dynamic batch axis; "
+        "post-processing left out unless --with-postprocess) with its class names, input size, "
+        "normalisation and default boxes in the file's metadata; run it with `detect --onnx`.",
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by train")
     p.add_argument(
         "--output", type=Path, help="the ONNX file (default: the checkpoint's path, .onnx)"
     )
     p.add_argument("--opset", type=int, help="ONNX operator set, 18 or later (default: 18)")
+    p.add_argument(
+        "--with-postprocess",
+        action="store_true",
+        help="end the graph in the detections, padded to top-k rows per image (decoding, "
+        "threshold, NMS and top-k with the defaults of ssd_tutorial.postprocess.detect), "
+        "instead of the network's loc and conf",
+    )
     p.set_defaults(run=_export_command)
 
     p = commands.add_parser("anchors", help="print the default-box table of a config")

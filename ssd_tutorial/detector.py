@@ -12,7 +12,7 @@ back to the pixels of each original image::
         print(d["name"], d["score"], d["box"])
 
 The same works with a model exported to ONNX (:mod:`ssd_tutorial.export`), run by onnxruntime:
-``Detector.from_onnx("ssd.onnx")``.
+``Detector.from_onnx("ssd.onnx")``, with or without post-processing in the file's graph.
 
 The network sees a square ``S x S`` resize of the image, so an image of ``W x H`` pixels has its
 relative boxes scaled by ``W`` horizontally and ``H`` vertically.
@@ -33,11 +33,11 @@ from torch import Tensor, nn
 
 from ssd_tutorial.anchors import default_boxes
 from ssd_tutorial.data.files import read_image
-from ssd_tutorial.postprocess import NMS_THRESHOLD, TOP_K, Detections, detect
+from ssd_tutorial.postprocess import NMS_THRESHOLD, TOP_K, Detections, check_options, detect
 from ssd_tutorial.preprocess import preprocess
 
 if TYPE_CHECKING:
-    from ssd_tutorial.export import OnnxSSD
+    from ssd_tutorial.export import OnnxSSD, Postprocessing
 
 #: What :class:`Detector` accepts as one image: a file path, a PIL image, a numpy array
 #: ``[H, W, 3]`` or a tensor ``[3, H, W]``, ``uint8`` in ``[0, 255]`` or floating in ``[0, 1]``.
@@ -87,7 +87,8 @@ class Detector:
             boxes and input size), ``image_mean``, ``image_std`` and ``num_classes``; or a
             network run elsewhere, a callable with the same attributes and a ``device`` (where
             its outputs are), such as :class:`ssd_tutorial.export.OnnxSSD` (see
-            :meth:`from_onnx`).
+            :meth:`from_onnx`). An ``OnnxSSD`` whose graph includes post-processing gives the
+            detections itself; this detector then keeps those above ``conf_threshold``.
         class_names: the names of labels ``0..C-1`` (background first, as datasets'
             ``class_names``) or of labels ``1..C-1`` only (as ``VOC_CLASSES``).
         device: where to run; the model is moved there. Default: where the model is. An
@@ -95,6 +96,11 @@ class Detector:
             ``None`` (or its ``device``, the CPU).
         conf_threshold: minimum score of a detection (default :data:`DISPLAY_THRESHOLD`).
         nms_threshold, top_k: as in :func:`ssd_tutorial.postprocess.detect`.
+
+    Raises:
+        ValueError: for class names that do not fit, or, with post-processing in an ONNX
+            graph, options it cannot give: a ``conf_threshold`` below the graph's, another
+            ``nms_threshold``, a larger ``top_k``.
     """
 
     def __init__(
@@ -121,6 +127,10 @@ class Detector:
         self.nms_threshold = nms_threshold
         self.top_k = top_k
         self.priors = default_boxes(model.config, device=self.device)
+        #: the options built into an ONNX graph with post-processing, or None
+        self.postprocess: Postprocessing | None = getattr(model, "postprocess", None)
+        if self.postprocess is not None:
+            _check_within(self.postprocess, conf_threshold, nms_threshold, top_k)
 
     @classmethod
     def from_onnx(
@@ -133,14 +143,22 @@ class Detector:
         """A detector running an ONNX file written by :func:`ssd_tutorial.export.export_onnx`.
 
         Args:
-            path: the ``.onnx`` file.
+            path: the ``.onnx`` file, raw or with post-processing.
             class_names: default: the names stored in the file.
             providers: onnxruntime execution providers (default: the CPU).
-            kwargs: ``conf_threshold``, ``nms_threshold``, ``top_k`` as for :class:`Detector`.
+            kwargs: ``device``, ``conf_threshold``, ``nms_threshold``, ``top_k`` as for
+                :class:`Detector`. For a file with post-processing, ``nms_threshold`` and
+                ``top_k`` default to those built in, ``conf_threshold`` to the larger of
+                :data:`DISPLAY_THRESHOLD` and the built-in one.
         """
         from ssd_tutorial.export import OnnxSSD
 
         model = OnnxSSD(path, providers)
+        built_in = model.postprocess
+        if built_in is not None:
+            kwargs.setdefault("conf_threshold", max(DISPLAY_THRESHOLD, built_in.conf_threshold))
+            kwargs.setdefault("nms_threshold", built_in.nms_threshold)
+            kwargs.setdefault("top_k", built_in.top_k)
         return cls(model, class_names or model.class_names, **kwargs)
 
     def __call__(
@@ -174,16 +192,29 @@ class Detector:
             [preprocess(x.to(self.device), size, model.image_mean, model.image_std) for x in images]
         )
         with _eval_mode(model), torch.inference_mode():
-            loc, conf = model(batch)
-            found = detect(
-                loc.float(),
-                conf.float(),
-                self.priors,
-                self.conf_threshold,
-                self.nms_threshold,
-                self.top_k,
-            )
+            if self.postprocess is not None:
+                found = [self._fewer(detections) for detections in model.detect(batch)]
+            else:
+                loc, conf = model(batch)
+                found = detect(
+                    loc.float(),
+                    conf.float(),
+                    self.priors,
+                    self.conf_threshold,
+                    self.nms_threshold,
+                    self.top_k,
+                )
         return [self._result(image, detections) for image, detections in zip(images, found)]
+
+    def _fewer(self, detections: Detections) -> Detections:
+        """The best detections, at most ``top_k``, above ``conf_threshold``.
+
+        With options as :func:`_check_within` allows, these are the detections of ``detect``
+        with those options: the candidates above the higher threshold are the best ones, so
+        they meet the same caps and suppress one another as before.
+        """
+        count = min(int((detections.scores > self.conf_threshold).sum()), self.top_k)
+        return Detections(*(t[:count] for t in detections))
 
     def _result(self, image: Tensor, detections: Detections) -> DetectionResult:
         height, width = image.shape[-2:]
@@ -211,6 +242,28 @@ def _place(model: nn.Module | OnnxSSD, device: torch.device | str | None) -> tor
             f"or {model.device}, got {device!r}"
         )
     return model.device
+
+
+def _check_within(
+    built_in: Postprocessing, conf_threshold: float, nms_threshold: float, top_k: int
+) -> None:
+    """Options that a graph's built-in post-processing can give by keeping fewer detections."""
+    check_options(conf_threshold, nms_threshold, top_k, built_in.candidates_per_class)
+    if conf_threshold < built_in.conf_threshold:
+        raise ValueError(
+            f"conf_threshold must be at least {built_in.conf_threshold}, the model's built-in "
+            f"one (its graph drops the scores below), got {conf_threshold}"
+        )
+    if nms_threshold != built_in.nms_threshold:
+        raise ValueError(
+            f"nms_threshold must be {built_in.nms_threshold}, the model's built-in one (its graph "
+            f"runs the NMS), got {nms_threshold}"
+        )
+    if top_k > built_in.top_k:
+        raise ValueError(
+            f"top_k must be at most {built_in.top_k}, the model's built-in one (its graph keeps "
+            f"no more), got {top_k}"
+        )
 
 
 @contextmanager

@@ -3,12 +3,21 @@
 :func:`export_onnx` writes the network, ``images [B, 3, S, S] -> loc [B, P, 4], conf [B, P, C]``,
 with a dynamic batch axis, and stores in the file's ``metadata_props`` everything needed to use
 it without the checkpoint: class names, input size, normalisation, the default-box config and
-the architecture. Post-processing (decoding and NMS) is not in the graph: it stays
+the architecture. By default post-processing (decoding and NMS) is not in the graph: it stays
 :func:`ssd_tutorial.postprocess.detect`, run on the outputs. :class:`OnnxSSD` runs the file with
 onnxruntime and behaves like the model, so :class:`ssd_tutorial.detector.Detector` takes it::
 
     export_onnx(model, "ssd.onnx", class_names=names)
     detector = Detector.from_onnx("ssd.onnx")
+
+With ``postprocess=True`` the graph goes on to the detections themselves, so that a runtime
+with no PyTorch next to it needs nothing else: ``images -> boxes [B, K, 4], scores [B, K],
+labels [B, K], num_detections [B]``, each image's ``num_detections[b]`` detections first, best
+first, then zeros (``K = top_k``). The graph does what :func:`~ssd_tutorial.postprocess.detect`
+does, stage by stage (decoding, softmax, threshold, per-class cap, per-class NMS with ONNX's
+``NonMaxSuppression``, top-k), with the same results; :func:`postprocess_graph` is that part
+alone, from ``loc`` and ``conf``. ``metadata_props`` says which kind a file is (``outputs``:
+``raw`` or ``detections``) and, for detections, the settings built in.
 
 The export uses ``torch.onnx.export(..., dynamo=True)``, the ``torch.export``-based exporter
 (the default since torch 2.9; the TorchScript one is deprecated). It writes ONNX operator sets
@@ -19,19 +28,33 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from ssd_tutorial.anchors import AnchorConfig
+from ssd_tutorial.anchors import AnchorConfig, default_boxes
+from ssd_tutorial.boxes import VARIANCES, decode
 from ssd_tutorial.checks import require_extra
 from ssd_tutorial.model import SSD, check_images
+from ssd_tutorial.postprocess import (
+    CANDIDATES_PER_CLASS,
+    CONF_THRESHOLD,
+    NMS_THRESHOLD,
+    TOP_K,
+    Detections,
+    check_options,
+)
+from ssd_tutorial.profiling import eval_mode
 
 onnx = require_extra("onnx", "export")
 onnxruntime = require_extra("onnxruntime", "export")
+TensorProto, helper, numpy_helper = onnx.TensorProto, onnx.helper, onnx.numpy_helper
 
 #: Operator set written by default: the oldest the exporter writes, so the widest choice of
 #: runtimes (onnxruntime 1.14 and later) can load the file.
@@ -42,6 +65,33 @@ DEFAULT_OPSET = 18
 FORMAT_KEY = "ssd_tutorial_format"
 FORMAT_VERSION = "1"
 
+#: ``metadata_props`` key of what the graph outputs: :data:`RAW` (``loc``, ``conf``) or
+#: :data:`DETECTIONS` (post-processing included). A file without it is raw.
+OUTPUTS_KEY = "outputs"
+RAW, DETECTIONS = "raw", "detections"
+#: Output names of the two kinds of graph.
+RAW_OUTPUTS = ("loc", "conf")
+DETECTION_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
+
+
+@dataclasses.dataclass(frozen=True)
+class Postprocessing:
+    """The options of :func:`ssd_tutorial.postprocess.detect` that a graph has built in.
+
+    Same names, defaults and ranges as there; out-of-range values raise a ``ValueError``.
+    """
+
+    conf_threshold: float = CONF_THRESHOLD
+    nms_threshold: float = NMS_THRESHOLD
+    top_k: int = TOP_K
+    candidates_per_class: int = CANDIDATES_PER_CLASS
+    variances: tuple[float, float] = VARIANCES
+
+    def __post_init__(self) -> None:
+        check_options(
+            self.conf_threshold, self.nms_threshold, self.top_k, self.candidates_per_class
+        )
+
 
 def export_onnx(
     model: SSD,
@@ -49,12 +99,17 @@ def export_onnx(
     class_names: Sequence[str] | None = None,
     opset: int = DEFAULT_OPSET,
     allow_untrained: bool = False,
+    postprocess: bool | Postprocessing = False,
 ) -> Path:
     """Write ``model`` to an ONNX file with a dynamic batch axis, and check the file.
 
     Graph: input ``images`` (float32 ``[B, 3, S, S]``, normalised as ``model.image_mean`` /
-    ``model.image_std`` say, ``S = model.config.image_size``), outputs ``loc`` (float32
-    ``[B, P, 4]``) and ``conf`` (float32 ``[B, P, C]``, logits), as ``model.forward``.
+    ``model.image_std`` say, ``S = model.config.image_size``); outputs ``loc`` (float32
+    ``[B, P, 4]``) and ``conf`` (float32 ``[B, P, C]``, logits), as ``model.forward``, or with
+    ``postprocess`` the detections of :func:`ssd_tutorial.postprocess.detect`, padded to ``K =
+    top_k`` rows per image: ``boxes`` (float32 ``[B, K, 4]``, corner form, relative),
+    ``scores`` (float32 ``[B, K]``), ``labels`` (int64 ``[B, K]``) and ``num_detections``
+    (int64 ``[B]``); the rows after ``num_detections[b]`` are zeros.
 
     Args:
         model: a float32 SSD; exported in eval mode, on its device (its mode is restored).
@@ -66,20 +121,19 @@ def export_onnx(
             Such a model, as :func:`ssd_tutorial.model.build_ssd` returns it, has every head
             bias exactly zero, which no training step leaves; exporting one is almost always a
             forgotten ``load_state_dict``, so it is refused unless this is ``True``.
+        postprocess: include post-processing: ``True`` for ``detect``'s defaults, or the
+            :class:`Postprocessing` options to build in.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
         ValueError: for an untrained model (see ``allow_untrained``), class names that do not
-            fit, a model that is not float32, or an ``opset`` below 18 or that the exporter
-            cannot write.
+            fit, a model that is not float32, or an ``opset`` below 18, or that the exporter
+            cannot write or the installed onnxruntime cannot run. (Options out of range are
+            refused by :class:`Postprocessing` itself.)
     """
-    if opset < DEFAULT_OPSET:
-        raise ValueError(
-            f"opset must be {DEFAULT_OPSET} or later (torch.onnx's exporter writes no older "
-            f"operator set), got {opset}"
-        )
+    _check_opset_floor(opset)
     if not allow_untrained and not _heads_were_trained(model):
         raise ValueError(
             "the model's multibox heads have their initial all-zero biases: it was never trained "
@@ -88,14 +142,20 @@ def export_onnx(
     dtype = next(model.parameters()).dtype
     if dtype != torch.float32:
         raise ValueError(f"export a float32 model (model.float()), got parameters in {dtype}")
-    metadata = _metadata(model, _full_class_names(class_names, model.num_classes))
-    proto = _export_proto(model, opset)
-    written = {entry.domain: entry.version for entry in proto.opset_import}[""]
-    if written != opset:  # the exporter logs a failed conversion and keeps its own opset
-        raise ValueError(
-            f"torch.onnx could not write opset {opset} (it wrote {written}; the installed onnx "
-            f"{onnx.__version__} knows opsets up to {onnx.defs.onnx_opset_version()})"
-        )
+    settings = Postprocessing() if postprocess is True else postprocess or None
+    metadata = _metadata(model, _full_class_names(class_names, model.num_classes), settings)
+    size = model.config.image_size
+    device = next(model.parameters()).device
+    # Two images: torch.export treats a size-1 dimension as the constant 1.
+    images = {"images": torch.zeros(2, 3, size, size, device=device)}
+    with eval_mode(model):
+        if settings is None:
+            shapes = {"images": {0: torch.export.Dim("batch")}}
+            proto = _export_proto(model, images, RAW_OUTPUTS, opset, shapes)
+        else:
+            priors = default_boxes(model.config, device=device)
+            proto = _detections_proto(model, images, priors, model.num_classes, settings, opset)
+    _check_runs(proto, opset)
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
     path = Path(path)
@@ -105,11 +165,42 @@ def export_onnx(
     return path
 
 
+def postprocess_graph(
+    priors: Tensor,
+    num_classes: int,
+    postprocess: Postprocessing | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """The post-processing part of :func:`export_onnx`'s graph alone, as an ONNX model.
+
+    Inputs ``loc`` (float32 ``[B, P, 4]``) and ``conf`` (float32 ``[B, P, C]``), the network's
+    outputs; outputs ``boxes``, ``scores``, ``labels`` and ``num_detections`` as in
+    :func:`export_onnx`. For networks run elsewhere, and to test the graph on any outputs.
+
+    Args:
+        priors (Tensor[P, 4]): default boxes, centre form, relative.
+        num_classes: ``C``, background included.
+        postprocess: the options to build in (default: ``detect``'s).
+        opset: ONNX operator set, 18 or later.
+    """
+    _check_opset_floor(opset)
+    settings = postprocess or Postprocessing()
+    inputs = {  # two images, as in export_onnx
+        "loc": torch.zeros(2, len(priors), 4, device=priors.device),
+        "conf": torch.zeros(2, len(priors), num_classes, device=priors.device),
+    }
+    with warnings.catch_warnings():
+        # the exporter says that the two inputs' batch axes share one name, as they should
+        warnings.filterwarnings("ignore", "# The axis name: batch will not be used")
+        return _detections_proto(_Outputs(), inputs, priors, num_classes, settings, opset)
+
+
 class OnnxSSD:
     """An ONNX file written by :func:`export_onnx`, run by onnxruntime, used like the model.
 
-    Calling it on a normalised batch gives ``(loc, conf)`` tensors as ``SSD.forward`` does, and
-    it has the attributes :class:`ssd_tutorial.detector.Detector` needs.
+    A raw file, called on a normalised batch, gives ``(loc, conf)`` tensors as ``SSD.forward``
+    does; a file with post-processing gives its detections with :meth:`detect`. Either has the
+    attributes :class:`ssd_tutorial.detector.Detector` needs.
 
     Args:
         path: the ``.onnx`` file.
@@ -119,6 +210,8 @@ class OnnxSSD:
         config (AnchorConfig): the default boxes, for :func:`ssd_tutorial.anchors.default_boxes`.
         num_classes, class_names, image_mean, image_std, architecture: as exported
             (``architecture`` is ``None`` for a model not built by ``build_ssd``).
+        postprocess (Postprocessing | None): the options built into a file with
+            post-processing, ``None`` for a raw file.
         device (torch.device): where the returned tensors are: the CPU.
         session: the ``onnxruntime.InferenceSession``.
 
@@ -155,10 +248,11 @@ class OnnxSSD:
         self.image_mean = tuple(json.loads(metadata["image_mean"]))
         self.image_std = tuple(json.loads(metadata["image_std"]))
         self.architecture = metadata["architecture"] or None
+        self.postprocess = _postprocessing_from_metadata(metadata, path)
         self.device = torch.device("cpu")
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Run the network.
+        """Run the network of a raw file.
 
         Args:
             images (Tensor[B, 3, S, S]): normalised RGB batch, floating point, ``S =
@@ -168,15 +262,51 @@ class OnnxSSD:
             loc (Tensor[B, P, 4]), conf (Tensor[B, P, C]): float32, on the CPU.
 
         Raises:
-            ValueError: for a batch of another shape or an integer dtype.
+            ValueError: for a batch of another shape or an integer dtype, or a file with
+                post-processing.
         """
-        check_images(images, self.config.image_size)
-        batch = images.detach().to("cpu", torch.float32).contiguous().numpy()
-        loc, conf = self.session.run(["loc", "conf"], {"images": batch})
+        if self.postprocess is not None:
+            raise ValueError(
+                f"{self.path} outputs detections (post-processing is in the graph), not loc and "
+                f"conf: call .detect(images)"
+            )
+        loc, conf = self._run(images, RAW_OUTPUTS)
         return torch.from_numpy(loc), torch.from_numpy(conf)
 
+    def detect(self, images: Tensor) -> list[Detections]:
+        """Run a file with post-processing: the detections of each image.
+
+        Args:
+            images (Tensor[B, 3, S, S]): as for calling a raw file.
+
+        Returns:
+            One :class:`~ssd_tutorial.postprocess.Detections` per image, its rows up to
+            ``num_detections``: boxes relative to the image, on the CPU.
+
+        Raises:
+            ValueError: for a batch of another shape or an integer dtype, or a raw file.
+        """
+        if self.postprocess is None:
+            raise ValueError(
+                f"{self.path} outputs loc and conf (no post-processing in the graph): call it "
+                f"and run ssd_tutorial.postprocess.detect on its outputs"
+            )
+        *padded, counts = (torch.from_numpy(t) for t in self._run(images, DETECTION_OUTPUTS))
+        return [
+            Detections(*(t[image, :count] for t in padded))
+            for image, count in enumerate(counts.tolist())
+        ]
+
+    def _run(self, images: Tensor, outputs: Sequence[str]) -> list[np.ndarray]:
+        check_images(images, self.config.image_size)
+        batch = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        return self.session.run(list(outputs), {"images": batch})
+
     def __repr__(self) -> str:
-        return f"OnnxSSD({str(self.path)!r}, {self.config.name}, {self.num_classes} classes)"
+        kind = "detections" if self.postprocess else "raw"
+        return (
+            f"OnnxSSD({str(self.path)!r}, {self.config.name}, {self.num_classes} classes, {kind})"
+        )
 
 
 def _heads_were_trained(model: SSD) -> bool:
@@ -200,9 +330,11 @@ def _full_class_names(class_names: Sequence[str] | None, num_classes: int) -> li
     return names
 
 
-def _metadata(model: SSD, class_names: list[str]) -> dict[str, str]:
-    """The strings stored in ``metadata_props``; lists and the config as JSON."""
-    return {
+def _metadata(
+    model: SSD, class_names: list[str], postprocess: Postprocessing | None
+) -> dict[str, str]:
+    """The strings stored in ``metadata_props``; lists, the config and the options as JSON."""
+    metadata = {
         FORMAT_KEY: FORMAT_VERSION,
         "architecture": model.architecture or "",
         "num_classes": str(model.num_classes),
@@ -211,7 +343,25 @@ def _metadata(model: SSD, class_names: list[str]) -> dict[str, str]:
         "image_mean": json.dumps(list(model.image_mean)),
         "image_std": json.dumps(list(model.image_std)),
         "anchor_config": json.dumps(dataclasses.asdict(model.config)),
+        OUTPUTS_KEY: RAW if postprocess is None else DETECTIONS,
     }
+    if postprocess is not None:
+        metadata.update({name: json.dumps(value) for name, value in vars(postprocess).items()})
+    return metadata
+
+
+def _postprocessing_from_metadata(metadata: dict[str, str], path: Path) -> Postprocessing | None:
+    """The options built into a file with post-processing; ``None`` for a raw file."""
+    outputs = metadata.get(OUTPUTS_KEY, RAW)
+    if outputs not in (RAW, DETECTIONS):
+        raise ValueError(
+            f"{path} says its outputs are {outputs!r}; this version of the package reads "
+            f"{RAW!r} and {DETECTIONS!r} files"
+        )
+    if outputs == RAW:
+        return None
+    fields = dataclasses.fields(Postprocessing)
+    return Postprocessing(**{f.name: _tuples(json.loads(metadata[f.name])) for f in fields})
 
 
 def _config_from_json(text: str) -> AnchorConfig:
@@ -224,28 +374,201 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-def _export_proto(model: SSD, opset: int) -> onnx.ModelProto:
-    """The ``onnx.ModelProto`` of ``model`` in eval mode, batch axis dynamic."""
-    size = model.config.image_size
-    device = next(model.parameters()).device
-    # Two images: torch.export treats a size-1 dimension as the constant 1.
-    example = torch.zeros(2, 3, size, size, device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        program = torch.onnx.export(
-            model,
-            (example,),
-            input_names=["images"],
-            output_names=["loc", "conf"],
-            dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
-            opset_version=opset,
-            # explicit: torch.export-based, whatever the installed torch's default
-            dynamo=True,
-            # weights inside the one file: SSD300's 100 MB are far below protobuf's 2 GB limit
-            external_data=False,
-            verbose=False,
+def _check_opset_floor(opset: int) -> None:
+    if opset < DEFAULT_OPSET:
+        raise ValueError(
+            f"opset must be {DEFAULT_OPSET} or later (torch.onnx's exporter writes no older "
+            f"operator set), got {opset}"
         )
-    finally:
-        model.train(was_training)
-    return program.model_proto
+
+
+def _export_proto(
+    module: nn.Module,
+    inputs: dict[str, Tensor],
+    outputs: Sequence[str],
+    opset: int,
+    dynamic_shapes: dict[str, Any],
+) -> onnx.ModelProto:
+    """The ``onnx.ModelProto`` of ``module`` (in its current mode) on the example ``inputs``.
+
+    ``inputs`` and ``outputs`` give the graph's input and output names, ``dynamic_shapes``
+    (``torch.export``'s, by argument of ``forward``) the dynamic batch axis.
+    """
+    program = torch.onnx.export(
+        module,
+        tuple(inputs.values()),
+        input_names=list(inputs),
+        output_names=list(outputs),
+        dynamic_shapes=dynamic_shapes,
+        opset_version=opset,
+        # explicit: torch.export-based, whatever the installed torch's default
+        dynamo=True,
+        # weights inside the one file: SSD300's 100 MB are far below protobuf's 2 GB limit
+        external_data=False,
+        verbose=False,
+    )
+    proto = program.model_proto
+    written = {entry.domain: entry.version for entry in proto.opset_import}[""]
+    if written != opset:  # the exporter logs a failed conversion and keeps its own opset
+        raise ValueError(
+            f"torch.onnx could not write opset {opset} (it wrote {written}; the installed onnx "
+            f"{onnx.__version__} knows opsets up to {onnx.defs.onnx_opset_version()})"
+        )
+    return proto
+
+
+def _check_runs(proto: onnx.ModelProto, opset: int) -> None:
+    """Refuse a graph that the installed onnxruntime cannot load (say, an opset too new for it)."""
+    try:
+        onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's errors share no base class but Exception
+        raise ValueError(
+            f"onnxruntime {onnxruntime.__version__} cannot run the exported graph at opset "
+            f"{opset} ({error}); export with an older opset, such as the default {DEFAULT_OPSET}"
+        ) from error
+
+
+#: Outputs of the exported PyTorch part of a graph with post-processing (:class:`_Decoded`).
+_DECODED = ("decoded_boxes", "class_scores")
+
+
+def _detections_proto(
+    network: nn.Module,
+    inputs: dict[str, Tensor],
+    priors: Tensor,
+    num_classes: int,
+    postprocess: Postprocessing,
+    opset: int,
+) -> onnx.ModelProto:
+    """``network`` (giving ``loc``, ``conf``) and post-processing after it, as an ONNX model."""
+    decoded = _Decoded(network, priors, postprocess.variances).eval()
+    batch = torch.export.Dim("batch")
+    shapes = {"inputs": tuple({0: batch} for _ in inputs)}  # forward(*inputs)
+    proto = _export_proto(decoded, inputs, _DECODED, opset, shapes)
+    _append_postprocess(proto.graph, len(priors), num_classes, postprocess)
+    return proto
+
+
+class _Outputs(nn.Module):
+    """``(loc, conf)`` as given: the network of :func:`postprocess_graph`, run elsewhere."""
+
+    def forward(self, loc: Tensor, conf: Tensor) -> tuple[Tensor, Tensor]:
+        return loc, conf
+
+
+class _Decoded(nn.Module):
+    """A network, then the stages of ``detect`` that work on every default box alike.
+
+    ``forward`` takes the network's inputs and gives ``decoded_boxes`` (Tensor[B, P, 4]): every
+    default box decoded, corner form, clamped to ``[0, 1]``; and ``class_scores``
+    (Tensor[B, C - 1, P]): the softmax scores of the foreground classes, class by class. The
+    same functions as ``detect`` (which decodes only the candidates, element by element alike).
+    """
+
+    def __init__(self, network: nn.Module, priors: Tensor, variances: tuple[float, float]):
+        super().__init__()
+        self.network = network
+        self.register_buffer("priors", priors)
+        self.variances = variances
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        loc, conf = self.network(*inputs)
+        boxes = decode(loc, self.priors, self.variances).clamp(0, 1)
+        return boxes, F.softmax(conf, dim=-1)[..., 1:].transpose(1, 2)
+
+
+def _append_postprocess(
+    graph: onnx.GraphProto, num_priors: int, num_classes: int, postprocess: Postprocessing
+) -> None:
+    """Append the stages of ``detect`` after :class:`_Decoded`'s to its graph, in place.
+
+    The graph's outputs ``decoded_boxes [B, P, 4]`` and ``class_scores [B, C - 1, P]`` are
+    replaced by ``boxes [B, K, 4]``, ``scores [B, K]``, ``labels [B, K]`` and
+    ``num_detections [B]`` (see :func:`export_onnx`). Each stage gives what ``detect`` gives,
+    ties included: ONNX's ``TopK`` puts equal values in index order, as ``detect``'s stable
+    sorts do, and onnxruntime's ``NonMaxSuppression`` visits equal scores in index order.
+    """
+    top_k, cap = postprocess.top_k, min(postprocess.candidates_per_class, num_priors)
+    width = (num_classes - 1) * num_priors
+    add = _Nodes(graph, keep={*_DECODED, *DETECTION_OUTPUTS})
+    # Cap: each class's `cap` best scores stay, the others become 0, which no threshold passes.
+    add("TopK", ["class_scores", add.int64("cap", [cap])], ["cap_scores", "cap_index"], axis=-1)
+    add("Shape", ["class_scores"], ["score_shape"])
+    add("ConstantOfShape", ["score_shape"], ["zeros"], value=_filler(0.0))
+    add("ScatterElements", ["zeros", "cap_index", "cap_scores"], ["candidates"], axis=2)
+    # Threshold and NMS by image and class, both strict (score > conf, IoU > nms) as detect's;
+    # kept: [N, 3] rows (image, class, default box), each class best first.
+    thresholds = [
+        add.float32("iou_threshold", [postprocess.nms_threshold]),
+        add.float32("score_threshold", [postprocess.conf_threshold]),
+    ]
+    add("NonMaxSuppression", ["decoded_boxes", "candidates", "cap", *thresholds], ["kept"])
+    # Top-k: the kept scores in a [B, (C - 1) * P] table of -1 (below every score), class by
+    # class, and its `top_k` best; the modulo below maps any padding column to a real box.
+    add("GatherND", ["candidates", "kept"], ["kept_scores"])
+    add("ConstantOfShape", ["score_shape"], ["minus_ones"], value=_filler(-1.0))
+    add("ScatterND", ["minus_ones", "kept", "kept_scores"], ["kept_table"])
+    add("Reshape", ["kept_table", add.int64("per_image", [0, -1])], ["ranking"])
+    if top_k > width:
+        pads = add.int64("pads", [0, 0, 0, top_k - width])
+        add("Pad", ["ranking", pads, add.float32("minus_one", -1.0)], ["padded_ranking"])
+    ranking = "padded_ranking" if top_k > width else "ranking"
+    add("TopK", [ranking, add.int64("top_k", [top_k])], ["ranked", "position"], axis=-1)
+    add("GreaterOrEqual", ["ranked", add.float32("zero", 0.0)], ["found"])
+    add("Div", ["position", add.int64("num_priors", num_priors)], ["class_index"])
+    add("Add", ["class_index", add.int64("one", 1)], ["ranked_labels"])
+    add("Mod", ["position", "num_priors"], ["prior"])
+    add("Unsqueeze", ["prior", add.int64("last_axis", [-1])], ["prior_column"])
+    add("GatherND", ["decoded_boxes", "prior_column"], ["ranked_boxes"], batch_dims=1)
+    # Rows past the detections: zeros.
+    add("Unsqueeze", ["found", "last_axis"], ["found_column"])
+    add("Where", ["found_column", "ranked_boxes", "zero"], ["boxes"])
+    add("Where", ["found", "ranked", "zero"], ["scores"])
+    add("Where", ["found", "ranked_labels", add.int64("no_label", 0)], ["labels"])
+    add("Cast", ["found"], ["found_count"], to=TensorProto.INT64)
+    add("ReduceSum", ["found_count", add.int64("rows", [1])], ["num_detections"], keepdims=0)
+
+    batch = graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    del graph.output[:]
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [batch, top_k, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, top_k]),
+            helper.make_tensor_value_info("labels", TensorProto.INT64, [batch, top_k]),
+            helper.make_tensor_value_info("num_detections", TensorProto.INT64, [batch]),
+        ]
+    )
+
+
+class _Nodes:
+    """Appends nodes and constants to a graph, in a ``postprocess/`` scope of their own.
+
+    Every name is scoped, so that none can clash with the exported network's, except those in
+    ``keep``: the graph's values that the new nodes read and write.
+    """
+
+    def __init__(self, graph: onnx.GraphProto, keep: set[str]) -> None:
+        self.graph, self.keep = graph, keep
+
+    def __call__(self, op: str, inputs: list[str], outputs: list[str], **attributes: Any) -> None:
+        inputs, outputs = [self._scoped(n) for n in inputs], [self._scoped(n) for n in outputs]
+        self.graph.node.append(helper.make_node(op, inputs, outputs, name=outputs[0], **attributes))
+
+    def int64(self, name: str, value: int | list[int]) -> str:
+        return self._constant(name, np.array(value, dtype=np.int64))
+
+    def float32(self, name: str, value: float | list[float]) -> str:
+        return self._constant(name, np.array(value, dtype=np.float32))
+
+    def _constant(self, name: str, value: np.ndarray) -> str:
+        """Add an initializer; its unscoped name, for :meth:`__call__`'s inputs."""
+        self.graph.initializer.append(numpy_helper.from_array(value, self._scoped(name)))
+        return name
+
+    def _scoped(self, name: str) -> str:
+        return name if name in self.keep else f"postprocess/{name}"
+
+
+def _filler(value: float) -> onnx.TensorProto:
+    """``ConstantOfShape``'s ``value``: a one-element float32 tensor."""
+    return helper.make_tensor("value", TensorProto.FLOAT, [1], [value])

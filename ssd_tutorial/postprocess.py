@@ -112,7 +112,7 @@ def detect(
             options out of range.
     """
     _check_detect_inputs(loc, conf, priors)
-    _check_options(conf_threshold, nms_threshold, top_k, candidates_per_class)
+    check_options(conf_threshold, nms_threshold, top_k, candidates_per_class)
     num_images, num_priors, num_classes = conf.shape
     if num_images == 0:
         return []
@@ -156,6 +156,17 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         overlap = pairwise_iou(boxes[best][None], boxes[rest])[0]
         order = rest[overlap <= iou_threshold]
     return torch.tensor(kept, dtype=torch.int64, device=boxes.device)
+
+
+def check_options(
+    conf_threshold: float, nms_threshold: float, top_k: int, candidates_per_class: int
+) -> None:
+    """Raise a ``ValueError`` naming the first of :func:`detect`'s options out of its range."""
+    _check_fraction(conf_threshold, "conf_threshold", upper_inclusive=False)
+    _check_fraction(nms_threshold, "nms_threshold", upper_inclusive=True)
+    for name, value in (("top_k", top_k), ("candidates_per_class", candidates_per_class)):
+        if not value >= 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
 
 
 def _best_candidates(scores: Tensor, threshold: float, cap: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -298,16 +309,6 @@ def _check_detect_inputs(loc: Tensor, conf: Tensor, priors: Tensor) -> None:
             raise ValueError(f"{name} must be floating point, got {t.dtype}")
         if non_finite_rows(t) is not None:
             raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-
-
-def _check_options(
-    conf_threshold: float, nms_threshold: float, top_k: int, candidates_per_class: int
-) -> None:
-    _check_fraction(conf_threshold, "conf_threshold", upper_inclusive=False)
-    _check_fraction(nms_threshold, "nms_threshold", upper_inclusive=True)
-    for name, value in (("top_k", top_k), ("candidates_per_class", candidates_per_class)):
-        if not value >= 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
 
 
 def _check_fraction(value: float, name: str, upper_inclusive: bool) -> None:

@@ -32,7 +32,9 @@ def test_unknown_config_is_a_clear_error():
     assert "invalid choice" in result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["anchors"], ["train"], ["evaluate"], ["detect"]])
+@pytest.mark.parametrize(
+    "command", [[], ["anchors"], ["train"], ["evaluate"], ["detect"], ["export"]]
+)
 def test_help(command):
     result = run_cli(*command, "--help")
     assert result.returncode == 0

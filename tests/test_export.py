@@ -1,20 +1,34 @@
 import copy
+import dataclasses
+import inspect
 import json
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 from PIL import Image
 
 from ssd_tutorial.anchors import config_from_scales, default_boxes
 from ssd_tutorial.backbones import tiny_features
+from ssd_tutorial.checkpoint import load_model
 from ssd_tutorial.cli import main
-from ssd_tutorial.data.shapes import SyntheticShapes
+from ssd_tutorial.data.shapes import CLASS_NAMES, SyntheticShapes
+from ssd_tutorial.data.transforms import collate, eval_transforms
 from ssd_tutorial.detector import Detector
-from ssd_tutorial.export import DEFAULT_OPSET, FORMAT_KEY, OnnxSSD, export_onnx
+from ssd_tutorial.export import (
+    DEFAULT_OPSET,
+    DETECTION_OUTPUTS,
+    FORMAT_KEY,
+    OnnxSSD,
+    Postprocessing,
+    export_onnx,
+    postprocess_graph,
+)
 from ssd_tutorial.model import SSD, TORCHVISION_MEAN, TORCHVISION_STD, build_ssd
-from ssd_tutorial.train import load_model
+from ssd_tutorial.postprocess import Detections, detect
+from ssd_tutorial.train import TrainConfig, Trainer
 
 NAMES = ("background", "circle", "square")
 
@@ -273,3 +287,332 @@ def test_cli_errors_are_one_line(tmp_path, capsys, tiny_onnx):
     assert code == 1 and "is not a readable ONNX model" in err
     code, _, err = run(capsys, "detect", image, "--onnx", tiny_onnx, "--device", "cuda")
     assert code == 1 and "device must be None or cpu" in err
+
+
+# --- post-processing in the graph ---------------------------------------------------------------
+
+#: Options whose caps bind on the inputs below: a few candidates per class, fewer detections.
+SMALL_CAPS = Postprocessing(candidates_per_class=10, top_k=15)
+
+
+def assert_same_detections(found: list[Detections], expected: list[Detections]) -> None:
+    """The same detections in the same order: labels exactly, scores to 1e-5, boxes to 1e-4."""
+    assert len(found) == len(expected)
+    for a, b in zip(found, expected):
+        assert a.labels.tolist() == b.labels.tolist()
+        torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5)
+        torch.testing.assert_close(a.boxes, b.boxes, rtol=0, atol=1e-4)
+
+
+def run_postprocess_graph(
+    loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor, settings: Postprocessing
+) -> dict[str, np.ndarray]:
+    """The padded outputs of :func:`postprocess_graph` run by onnxruntime."""
+    proto = postprocess_graph(priors, conf.shape[2], settings)
+    session = onnxruntime.InferenceSession(proto.SerializeToString())
+    outputs = session.run(list(DETECTION_OUTPUTS), {"loc": loc.numpy(), "conf": conf.numpy()})
+    return dict(zip(DETECTION_OUTPUTS, outputs))
+
+
+def unpadded(outputs: dict[str, np.ndarray]) -> list[Detections]:
+    """Each image's first ``num_detections`` rows, after checking the rest is zeros."""
+    found = []
+    for image, count in enumerate(outputs["num_detections"].tolist()):
+        rows = [torch.from_numpy(outputs[name][image]) for name in ("boxes", "scores", "labels")]
+        assert all(not t[count:].any() for t in rows), "padding rows must be zeros"
+        found.append(Detections(*(t[:count] for t in rows)))
+    return found
+
+
+def expected_detections(loc, conf, priors, settings: Postprocessing) -> list[Detections]:
+    return detect(loc, conf, priors, *dataclasses.astuple(settings))
+
+
+def random_outputs(num_priors: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Network outputs for three images: random; all background (nothing to detect); random
+    with class 1 ahead of class 2, so that capping class 1's candidates changes the top-k.
+
+    Random logits: no two scores are equal or within a few float32 steps of each other, and
+    none is that close to a threshold, so the last-bit differences between PyTorch's and
+    onnxruntime's softmax cannot reorder anything (equal scores: see the tie test).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    loc = torch.randn(3, num_priors, 4, generator=generator) * 0.5
+    conf = torch.randn(3, num_priors, len(NAMES), generator=generator) * 3
+    conf[1, :, 0] += 30  # background everywhere: every score below 1e-10
+    conf[2, :, 1] += 3
+    return loc, conf
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        Postprocessing(),
+        SMALL_CAPS,
+        Postprocessing(0.3, 0.3, top_k=40, candidates_per_class=30, variances=(0.2, 0.3)),
+    ],
+)
+def test_the_postprocess_graph_gives_detects_detections_on_random_outputs(tiny, settings):
+    priors = default_boxes(tiny.config)
+    loc, conf = random_outputs(len(priors), seed=4)
+    outputs = run_postprocess_graph(loc, conf, priors, settings)
+    expected = expected_detections(loc, conf, priors, settings)
+    assert_same_detections(unpadded(outputs), expected)
+    assert outputs["boxes"].shape == (3, settings.top_k, 4)
+    assert outputs["boxes"].dtype == outputs["scores"].dtype == np.float32
+    assert outputs["labels"].dtype == outputs["num_detections"].dtype == np.int64
+    assert len(expected[1].labels) == 0  # the background image
+    # every cap binds: more detections than top-k, and on the last image more candidates
+    # of class 1 than the cap that would have made the top-k
+    assert outputs["num_detections"].tolist() == [settings.top_k, 0, settings.top_k]
+    uncapped = expected_detections(
+        loc, conf, priors, dataclasses.replace(settings, candidates_per_class=len(priors))
+    )
+    assert uncapped[2].labels.tolist() != expected[2].labels.tolist()
+
+
+def test_equal_scores_are_ranked_as_detect_ranks_them(tiny):
+    # Ties in both runtimes: each row of logits is one of a few patterns, two of whose classes
+    # tie. Equal logits give bitwise-equal scores in either runtime, but scores that are equal
+    # only on paper (a pattern's logits in another order) can differ in the last bit in one
+    # runtime and not in the other, and then no order is right: no pattern is another's
+    # permutation.
+    patterns = torch.tensor([[0.0, 2, 2, 1], [1, 3, 0, 3], [0, 1, 1, 1], [2, 0, 1, 0]])
+    priors = default_boxes(tiny.config)
+    generator = torch.Generator().manual_seed(5)
+    conf = patterns[torch.randint(len(patterns), (2, len(priors)), generator=generator)]
+    loc = torch.randn(2, len(priors), 4, generator=generator) * 0.5
+    settings = Postprocessing(candidates_per_class=30, top_k=50)  # caps cut through ties
+    expected = expected_detections(loc, conf, priors, settings)
+    assert_same_detections(unpadded(run_postprocess_graph(loc, conf, priors, settings)), expected)
+    scores = expected[0].scores.tolist()
+    assert len(set(scores)) < len(scores) / 5  # mostly ties
+
+
+def test_top_k_above_all_candidates_pads_every_image(tiny):
+    priors = default_boxes(tiny.config)
+    loc, conf = random_outputs(len(priors), seed=6)
+    # more rows than the (C - 1) * P table holds: every candidate stays, then padding
+    settings = Postprocessing(0.0, top_k=4000, candidates_per_class=2000)
+    outputs = run_postprocess_graph(loc, conf, priors, settings)
+    assert outputs["scores"].shape == (3, 4000)
+    assert_same_detections(unpadded(outputs), expected_detections(loc, conf, priors, settings))
+
+
+@pytest.fixture(scope="module")
+def tiny_detections_onnx(tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "tiny_detections.onnx"
+    return export_onnx(tiny, path, NAMES, postprocess=True)
+
+
+def test_a_file_with_postprocess_gives_detects_detections(tiny, tiny_detections_onnx):
+    runner = OnnxSSD(tiny_detections_onnx)
+    assert runner.postprocess == Postprocessing()
+    priors = default_boxes(tiny.config)
+    for seed, batch in enumerate((1, 3)):
+        x = images(batch, 128, seed)
+        with torch.no_grad():
+            expected = detect(*tiny(x), priors)
+        assert sum(len(d.labels) for d in expected) > 0
+        assert_same_detections(runner.detect(x), expected)
+
+
+def test_the_graph_with_postprocess_has_padded_outputs_with_a_dynamic_batch_axis(
+    tiny_detections_onnx,
+):
+    graph = onnx.load(tiny_detections_onnx).graph
+
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    assert [v.name for v in graph.input] == ["images"]
+    assert [v.name for v in graph.output] == list(DETECTION_OUTPUTS)
+    batch = dims(graph.input[0])[0]
+    assert isinstance(batch, str) and batch
+    assert [dims(v) for v in graph.output] == [[batch, 200, 4], [batch, 200], [batch, 200], [batch]]
+    assert {n.op_type for n in graph.node} >= {"Softmax", "TopK", "NonMaxSuppression"}
+
+
+STEPS = 30  # AdamW steps on one batch: confident scores, most boxes background
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[SSD, object]:
+    """The tiny SSD after a short deterministic training on synthetic shapes, and its checkpoint.
+
+    Unlike random weights it gives peaked scores: few candidates, mostly far below 0.01.
+    """
+    torch.manual_seed(0)
+    data = SyntheticShapes(8, image_size=128, seed=3, transforms=eval_transforms(128))
+    batch = collate([data[i] for i in range(len(data))])
+    trainer = Trainer(
+        build_ssd("ssd_tiny", len(CLASS_NAMES)),
+        TrainConfig(optimizer="adamw", lr=3e-3),
+        device="cpu",
+        progress=False,
+        class_names=CLASS_NAMES,
+    )
+    for _ in range(STEPS):
+        trainer.train_step(batch)
+    checkpoint = tmp_path_factory.mktemp("trained") / "last.pt"
+    trainer.save_checkpoint(checkpoint)
+    return trainer.model.eval(), checkpoint
+
+
+def assert_trained_parity(trained, path, settings: Postprocessing):
+    """Export the trained model with ``settings``, check its detections against ``detect``'s
+    on four synthetic-shapes images and a blank one; the network's outputs and those."""
+    model, _ = trained
+    data = SyntheticShapes(4, image_size=128, seed=3, transforms=eval_transforms(128))
+    x = torch.cat([collate([data[i] for i in range(4)]).images, torch.zeros(1, 3, 128, 128)])
+    runner = OnnxSSD(export_onnx(model, path, postprocess=settings))
+    priors = default_boxes(model.config)
+    with torch.no_grad():
+        loc, conf = model(x)
+    expected = expected_detections(loc, conf, priors, settings)
+    assert_same_detections(runner.detect(x), expected)
+    return (loc, conf, priors), expected
+
+
+def test_a_trained_model_with_postprocess_gives_detects_detections_caps_binding(trained, tmp_path):
+    # at 0.01 the trained model has up to 20 candidates per class
+    settings = Postprocessing(candidates_per_class=3, top_k=5)
+    outputs, expected = assert_trained_parity(trained, tmp_path / "caps.onnx", settings)
+    assert max(len(d.labels) for d in expected) == settings.top_k
+    uncapped = detect(*outputs, top_k=settings.top_k)  # 200 candidates per class
+    assert [d.scores.tolist() for d in uncapped] != [d.scores.tolist() for d in expected]
+
+
+def test_a_trained_model_with_postprocess_finds_nothing_on_a_blank_image(trained, tmp_path):
+    # a blank image's best score is about 0.19, the training images' near 1
+    settings = Postprocessing(conf_threshold=0.25)
+    _, expected = assert_trained_parity(trained, tmp_path / "blank.onnx", settings)
+    assert [len(d.labels) > 0 for d in expected] == [True] * 4 + [False]
+
+
+def test_metadata_says_which_outputs_a_file_has_and_the_options_built_in(
+    tiny_onnx, tiny_detections_onnx, tmp_path
+):
+    def metadata(path):
+        return {entry.key: entry.value for entry in onnx.load(path).metadata_props}
+
+    assert metadata(tiny_onnx)["outputs"] == "raw" and OnnxSSD(tiny_onnx).postprocess is None
+    built_in = metadata(tiny_detections_onnx)
+    assert built_in["outputs"] == "detections"
+    assert (built_in["conf_threshold"], built_in["nms_threshold"]) == ("0.01", "0.45")
+    assert (built_in["top_k"], built_in["candidates_per_class"]) == ("200", "200")
+    assert json.loads(built_in["variances"]) == [0.1, 0.2]
+
+    proto = onnx.load(tiny_onnx)
+    entries = [e for e in proto.metadata_props if e.key != "outputs"]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(entries)  # as written before files said their kind
+    onnx.save(proto, tmp_path / "older.onnx")
+    assert OnnxSSD(tmp_path / "older.onnx").postprocess is None
+
+    proto.metadata_props.add(key="outputs", value="masks")
+    onnx.save(proto, tmp_path / "masks.onnx")
+    with pytest.raises(ValueError, match=r"outputs are 'masks'; .* reads 'raw' and 'detections'"):
+        OnnxSSD(tmp_path / "masks.onnx")
+
+
+def test_each_kind_of_file_names_the_call_it_needs(tiny_onnx, tiny_detections_onnx):
+    x = images(1, 128, seed=0)
+    with pytest.raises(ValueError, match=r"outputs detections .* call \.detect\(images\)"):
+        OnnxSSD(tiny_detections_onnx)(x)
+    with pytest.raises(
+        ValueError, match=r"outputs loc and conf .* run ssd_tutorial\.postprocess\.detect"
+    ):
+        OnnxSSD(tiny_onnx).detect(x)
+    with pytest.raises(ValueError, match=r"\[B, 3, 128, 128\] .* got \[1, 3, 64, 64\]"):
+        OnnxSSD(tiny_detections_onnx).detect(torch.zeros(1, 3, 64, 64))
+
+
+def test_detector_on_a_file_with_postprocess_finds_what_it_finds_on_pytorch(
+    tiny, tiny_detections_onnx, picture
+):
+    for options in ({"conf_threshold": 0.05}, {"conf_threshold": 0.2, "top_k": 7}):
+        expected = Detector(tiny, NAMES, **options)([picture, picture[:60]])
+        found = Detector.from_onnx(tiny_detections_onnx, **options)([picture, picture[:60]])
+        assert sum(len(r.boxes) for r in expected) > 5
+        for a, b in zip(found, expected):
+            assert a.names == b.names and a.image_size == b.image_size
+            assert torch.equal(a.labels, b.labels)
+            torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5)
+            torch.testing.assert_close(a.boxes, b.boxes, rtol=0, atol=1e-3)  # pixels
+
+
+def test_detector_takes_its_defaults_from_the_options_built_in(tiny, tmp_path):
+    settings = Postprocessing(conf_threshold=0.4, nms_threshold=0.5, top_k=20)
+    path = export_onnx(tiny, tmp_path / "built_in.onnx", postprocess=settings)
+    detector = Detector.from_onnx(path)
+    assert (detector.conf_threshold, detector.nms_threshold, detector.top_k) == (0.4, 0.5, 20)
+    runner = OnnxSSD(path)
+    for options, message in [
+        ({"conf_threshold": 0.3}, r"conf_threshold must be at least 0.4, .* got 0.3"),
+        ({"conf_threshold": 0.5}, r"nms_threshold must be 0.5, .* runs the NMS\), got 0.45"),
+        ({"conf_threshold": 0.5, "nms_threshold": 0.5}, r"top_k must be at most 20, .* got 200"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Detector(runner, NAMES, **options)
+
+
+def test_postprocessing_defaults_are_those_of_detect():
+    defaults = inspect.signature(detect).parameters
+    for name, value in vars(Postprocessing()).items():
+        assert value == defaults[name].default, name
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"conf_threshold": 1.0}, r"conf_threshold must be in \[0, 1\), got 1.0"),
+        ({"nms_threshold": -0.1}, r"nms_threshold must be in \[0, 1\], got -0.1"),
+        ({"top_k": 0}, "top_k must be at least 1, got 0"),
+        ({"candidates_per_class": 0}, "candidates_per_class must be at least 1, got 0"),
+    ],
+)
+def test_postprocess_options_out_of_range_are_named(options, message):
+    with pytest.raises(ValueError, match=message):
+        Postprocessing(**options)
+
+
+def test_an_opset_that_onnxruntime_cannot_run_is_named(tiny, tmp_path, monkeypatch):
+    def older_onnxruntime(model, providers):
+        raise RuntimeError("Opset 20 is under development and support for this is limited")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", older_onnxruntime)
+    path = tmp_path / "new.onnx"
+    with pytest.raises(ValueError, match=r"onnxruntime .* cannot run .* at opset 20 \(Opset 20 is"):
+        export_onnx(tiny, path, opset=20, postprocess=True)
+    assert not path.exists()
+
+
+def test_cli_exports_both_kinds_and_detects_with_either(trained, tmp_path, capsys, picture):
+    model, checkpoint = trained
+    image = tmp_path / "shapes.png"
+    Image.fromarray(picture).save(image)
+    expected = Detector(model, CLASS_NAMES, conf_threshold=0.05)(image).to_dicts()
+    assert len(expected) > 0
+    for kind, flags, outputs in [
+        ("raw", [], "loc [B, 1524, 4], conf [B, 1524, 9]"),
+        ("detections", ["--with-postprocess"], "boxes [B, 200, 4], scores [B, 200], labels"),
+    ]:
+        onnx_file = tmp_path / f"{kind}.onnx"
+        code, out, err = run(
+            capsys, "export", "--checkpoint", checkpoint, "--output", onnx_file, *flags
+        )
+        assert code == 0, err
+        assert f"-> {onnx_file} (opset 18): images [B, 3, 128, 128] -> {outputs}" in out
+        assert OnnxSSD(onnx_file).class_names == CLASS_NAMES
+        found = tmp_path / f"found_{kind}"
+        code, _, err = run(
+            capsys, "detect", image, "--onnx", onnx_file, "--out", found, "--threshold", "0.05"
+        )
+        assert code == 0, err
+        report = json.loads((found / "detections.json").read_text())[str(image)]["detections"]
+        assert len(report) == len(expected)
+        for got, want in zip(report, expected):
+            assert (got["name"], got["label"]) == (want["name"], want["label"])
+            assert got["score"] == pytest.approx(want["score"], abs=1e-5)
+            assert got["box"] == pytest.approx(want["box"], abs=1e-3)
