@@ -16,8 +16,10 @@ process, one after the other, with ``--threads`` threads:
   and the tiny network as it was then, with batch norm in its five stages only (fc6, fc7 and
   the extra layers without);
 * **after**: :func:`ssd_tutorial.zoo.shapes_recipe` with :func:`ssd_tutorial.zoo.training_loader`:
-  AdamW at 1e-2 with a cosine decay over the quick mode's steps, the batch-normalised tiny
-  network, a pool of 4000 images drawn once and augmented (flips) in the training process.
+  AdamW at 1e-2 with a weight decay of 0.05 and a cosine decay over the quick mode's steps,
+  the batch-normalised tiny network, a pool of 4000 images drawn once and flipped a whole
+  batch at a time (:func:`ssd_tutorial.data.transforms.collate_flipped`) in the training
+  process.
 
 Every ``--eval-every`` seconds of training the model is scored on the 300 validation images
 of the book (VOC2007 11-point mAP at IoU 0.5). The table gives the last mAP, the steps and

@@ -105,9 +105,11 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     from ssd_tutorial.evaluate import evaluate_model
 
     model, class_names = load_model(args.checkpoint, map_location=args.device or "cpu")
-    if args.data == "voc" and args.classes is None and class_names:
-        args.classes = ",".join(class_names[1:])  # the classes the model was trained on
-    loader = _eval_loader(args, model.config.image_size, next(model.parameters()).device)
+    classes = args.classes
+    if args.data == "voc" and classes is None and class_names:
+        classes = ",".join(class_names[1:])  # the classes the model was trained on
+    device = next(model.parameters()).device
+    loader = _eval_loader(args, model.config.image_size, device, classes)
     class_names = class_names or loader.dataset.class_names
     metrics = evaluate_model(model, loader, class_names=class_names, progress=not args.quiet)
     rows = [
@@ -250,8 +252,16 @@ def _splits(args: argparse.Namespace) -> tuple[str, str]:
     )
 
 
-def _open(args: argparse.Namespace, split: str, transforms, length: int, size: int):
-    """A dataset split; synthetic images are drawn at the network's input size ``size``."""
+def _open(
+    args: argparse.Namespace,
+    split: str,
+    transforms,
+    length: int,
+    size: int,
+    classes: str | None = None,
+):
+    """A dataset split; synthetic images are drawn at the network's input size ``size``;
+    ``classes`` in ``--classes`` form (default: ``--classes``)."""
     from ssd_tutorial.data.catalog import open_dataset
 
     return open_dataset(
@@ -263,7 +273,7 @@ def _open(args: argparse.Namespace, split: str, transforms, length: int, size: i
         image_size=size,
         seed=args.seed,
         skip_invalid=args.skip_invalid,
-        classes=_class_list(args.classes),
+        classes=_class_list(classes if classes is not None else args.classes),
     )
 
 
@@ -281,11 +291,12 @@ def _class_list(value: str | None) -> list[str] | None:
     return names
 
 
-def _eval_loader(args: argparse.Namespace, size: int, device):
+def _eval_loader(args: argparse.Namespace, size: int, device, classes: str | None = None):
     from ssd_tutorial.data.transforms import eval_transforms
 
     _, split = _splits(args)
-    return _loader(_open(args, split, eval_transforms(size), args.val_size, size), args, device)
+    dataset = _open(args, split, eval_transforms(size), args.val_size, size, classes)
+    return _loader(dataset, args, device)
 
 
 def _loader(dataset, args: argparse.Namespace, device, shuffle: bool = False, shard: bool = False):
@@ -321,7 +332,33 @@ def _loader(dataset, args: argparse.Namespace, device, shuffle: bool = False, sh
     )
 
 
+_CLASSES_HELP = (
+    "VOC layout: the annotations' class names, comma-separated or a text file with one per "
+    "line (default: Pascal VOC's 20"
+)
+_PERSISTENT_HELP = "keep the loading processes between epochs (default: on when --workers > 0)"
+#: The help of the data options that differ between train (first) and evaluate (second).
+_DATA_HELP: dict[str, tuple[str, str]] = {
+    "--classes": (_CLASSES_HELP + ")", _CLASSES_HELP + ", or those the checkpoint was trained on)"),
+    "--batch-size": (
+        "images per batch (default: 32); under torchrun the global batch, split evenly over "
+        "the processes: it must be divisible by their number. Changing it does not change "
+        "--lr: scale the LR with the batch yourself (linear scaling rule: k times the batch, k "
+        "times the LR, with --warmup-steps)",
+        "images per batch (default: 32)",
+    ),
+    "--persistent-workers": (
+        _PERSISTENT_HELP + "; their random augmentation then runs on from epoch to epoch, so a "
+        "run resumed with --resume matches an uninterrupted one exactly only with "
+        "--no-persistent-workers",
+        _PERSISTENT_HELP,
+    ),
+}
+
+
 def _add_data_arguments(p: argparse.ArgumentParser, train: bool) -> None:
+    """The dataset and loader options of ``train`` (``train=True``) and ``evaluate``."""
+    help_for = {option: texts[0 if train else 1] for option, texts in _DATA_HELP.items()}
     p.add_argument(
         "--data",
         choices=sorted(DEFAULT_SPLITS),
@@ -345,27 +382,9 @@ def _add_data_arguments(p: argparse.ArgumentParser, train: bool) -> None:
         help="evaluation split (default: val, test or val2017)",
     )
     p.add_argument("--val-size", type=int, default=500, help="synthetic evaluation images")
-    p.add_argument(
-        "--classes",
-        help="VOC layout: the annotations' class names, comma-separated or a text file with one "
-        "per line (default: Pascal VOC's 20"
-        + (")" if train else ", or those the checkpoint was trained on)"),
-    )
+    p.add_argument("--classes", help=help_for["--classes"])
     p.add_argument("--skip-invalid", action="store_true", help="warn about and skip bad images")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=32,
-        help="images per batch (default: 32)"
-        + (
-            "; under torchrun the global batch, split evenly over the processes: it must be "
-            "divisible by their number. Changing it does not change --lr: scale the LR with "
-            "the batch yourself (linear scaling rule: k times the batch, k times the LR, with "
-            "--warmup-steps)"
-            if train
-            else ""
-        ),
-    )
+    p.add_argument("--batch-size", type=int, default=32, help=help_for["--batch-size"])
     p.add_argument(
         "--workers",
         type=int,
@@ -380,14 +399,7 @@ def _add_data_arguments(p: argparse.ArgumentParser, train: bool) -> None:
     p.add_argument(
         "--persistent-workers",
         action=argparse.BooleanOptionalAction,
-        help="keep the loading processes between epochs (default: on when --workers > 0)"
-        + (
-            "; their random augmentation then runs on from epoch to epoch, so a run resumed "
-            "with --resume matches an uninterrupted one exactly only with "
-            "--no-persistent-workers"
-            if train
-            else ""
-        ),
+        help=help_for["--persistent-workers"],
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="seed of data order and augmentation")
@@ -396,13 +408,24 @@ def _add_data_arguments(p: argparse.ArgumentParser, train: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    from ssd_tutorial.model import ARCHITECTURES
-    from ssd_tutorial.train import PRESETS
-
     parser = argparse.ArgumentParser(
         prog="ssd-tutorial", description="Train, evaluate and run SSD detectors."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    for add_command in (
+        _add_train_command,
+        _add_evaluate_command,
+        _add_detect_command,
+        _add_export_command,
+        _add_anchors_command,
+    ):
+        add_command(commands)
+    return parser
+
+
+def _add_train_command(commands) -> None:
+    from ssd_tutorial.model import ARCHITECTURES
+    from ssd_tutorial.train import PRESETS
 
     p = commands.add_parser(
         "train",
@@ -457,12 +480,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="no evaluation after each epoch")
     p.set_defaults(run=_train_command)
 
+
+def _add_evaluate_command(commands) -> None:
     p = commands.add_parser("evaluate", help="VOC mAP of a checkpoint on a dataset split")
     p.add_argument("checkpoint", type=Path, help="a checkpoint written by train (last.pt)")
     _add_data_arguments(p, train=False)
     p.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
     p.set_defaults(run=_evaluate_command)
 
+
+def _add_detect_command(commands) -> None:
     p = commands.add_parser(
         "detect",
         help="detect objects in image files",
@@ -490,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, mps (default: where the model loads)")
     p.set_defaults(run=_detect_command)
 
+
+def _add_export_command(commands) -> None:
     p = commands.add_parser(
         "export",
         help="write a checkpoint's model to an ONNX file",
@@ -511,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=_export_command)
 
+
+def _add_anchors_command(commands) -> None:
     p = commands.add_parser("anchors", help="print the default-box table of a config")
     p.add_argument(
         "--config",
@@ -519,7 +550,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="named default-box configuration (default: SSD300)",
     )
     p.set_defaults(run=_anchors_command)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
