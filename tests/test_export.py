@@ -151,7 +151,13 @@ def test_detector_on_the_onnx_model_finds_what_it_finds_on_pytorch(tiny, tiny_on
     expected = Detector(tiny, NAMES, conf_threshold=0.05)([picture, picture[:60]])
     found = Detector.from_onnx(tiny_onnx, conf_threshold=0.05)([picture, picture[:60]])
     assert sum(len(r.boxes) for r in expected) > 10
-    for a, b in zip(found, expected):
+    assert_same_results(found, expected)
+
+
+def assert_same_results(found, expected):
+    """Two lists of DetectionResult agree: names, sizes and labels exactly, scores and pixel
+    boxes to float32 rounding."""
+    for a, b in zip(found, expected, strict=True):
         assert a.names == b.names and a.image_size == b.image_size
         assert torch.equal(a.labels, b.labels)
         torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5)
@@ -546,11 +552,7 @@ def test_detector_on_a_file_with_postprocess_finds_what_it_finds_on_pytorch(
         expected = Detector(tiny, NAMES, **options)([picture, picture[:60]])
         found = Detector.from_onnx(tiny_detections_onnx, **options)([picture, picture[:60]])
         assert sum(len(r.boxes) for r in expected) > 5
-        for a, b in zip(found, expected):
-            assert a.names == b.names and a.image_size == b.image_size
-            assert torch.equal(a.labels, b.labels)
-            torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5)
-            torch.testing.assert_close(a.boxes, b.boxes, rtol=0, atol=1e-3)  # pixels
+        assert_same_results(found, expected)
 
 
 def test_detector_takes_its_defaults_from_the_options_built_in(tiny, tmp_path):
