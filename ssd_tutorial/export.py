@@ -35,26 +35,23 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssd_tutorial.anchors import AnchorConfig, default_boxes
-from ssd_tutorial.boxes import VARIANCES, decode
 from ssd_tutorial.checks import require_extra
 from ssd_tutorial.model import SSD, check_images
-from ssd_tutorial.postprocess import (
-    CANDIDATES_PER_CLASS,
-    CONF_THRESHOLD,
-    NMS_THRESHOLD,
-    TOP_K,
-    Detections,
-    check_options,
+from ssd_tutorial.onnx_detect import (
+    DECODED_OUTPUTS,
+    DETECTION_OUTPUTS,
+    DecodedScores,
+    Postprocessing,
+    append_detection_nodes,
 )
+from ssd_tutorial.postprocess import Detections
 from ssd_tutorial.profiling import eval_mode
 
 onnx = require_extra("onnx", "export")
 onnxruntime = require_extra("onnxruntime", "export")
-TensorProto, helper, numpy_helper = onnx.TensorProto, onnx.helper, onnx.numpy_helper
 
 #: Operator set written by default: the oldest the exporter writes, so the widest choice of
 #: runtimes (onnxruntime 1.14 and later) can load the file.
@@ -69,28 +66,8 @@ FORMAT_VERSION = "1"
 #: :data:`DETECTIONS` (post-processing included). A file without it is raw.
 OUTPUTS_KEY = "outputs"
 RAW, DETECTIONS = "raw", "detections"
-#: Output names of the two kinds of graph.
+#: Output names of a raw graph (those of one with post-processing: ``DETECTION_OUTPUTS``).
 RAW_OUTPUTS = ("loc", "conf")
-DETECTION_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
-
-
-@dataclasses.dataclass(frozen=True)
-class Postprocessing:
-    """The options of :func:`ssd_tutorial.postprocess.detect` that a graph has built in.
-
-    Same names, defaults and ranges as there; out-of-range values raise a ``ValueError``.
-    """
-
-    conf_threshold: float = CONF_THRESHOLD
-    nms_threshold: float = NMS_THRESHOLD
-    top_k: int = TOP_K
-    candidates_per_class: int = CANDIDATES_PER_CLASS
-    variances: tuple[float, float] = VARIANCES
-
-    def __post_init__(self) -> None:
-        check_options(
-            self.conf_threshold, self.nms_threshold, self.top_k, self.candidates_per_class
-        )
 
 
 def export_onnx(
@@ -428,10 +405,6 @@ def _check_runs(proto: onnx.ModelProto, opset: int) -> None:
         ) from error
 
 
-#: Outputs of the exported PyTorch part of a graph with post-processing (:class:`_Decoded`).
-_DECODED = ("decoded_boxes", "class_scores")
-
-
 def _detections_proto(
     network: nn.Module,
     inputs: dict[str, Tensor],
@@ -441,11 +414,11 @@ def _detections_proto(
     opset: int,
 ) -> onnx.ModelProto:
     """``network`` (giving ``loc``, ``conf``) and post-processing after it, as an ONNX model."""
-    decoded = _Decoded(network, priors, postprocess.variances).eval()
+    decoded = DecodedScores(network, priors, postprocess.variances).eval()
     batch = torch.export.Dim("batch")
     shapes = {"inputs": tuple({0: batch} for _ in inputs)}  # forward(*inputs)
-    proto = _export_proto(decoded, inputs, _DECODED, opset, shapes)
-    _append_postprocess(proto.graph, len(priors), num_classes, postprocess)
+    proto = _export_proto(decoded, inputs, DECODED_OUTPUTS, opset, shapes)
+    append_detection_nodes(proto.graph, len(priors), num_classes, postprocess)
     return proto
 
 
@@ -454,121 +427,3 @@ class _Outputs(nn.Module):
 
     def forward(self, loc: Tensor, conf: Tensor) -> tuple[Tensor, Tensor]:
         return loc, conf
-
-
-class _Decoded(nn.Module):
-    """A network, then the stages of ``detect`` that work on every default box alike.
-
-    ``forward`` takes the network's inputs and gives ``decoded_boxes`` (Tensor[B, P, 4]): every
-    default box decoded, corner form, clamped to ``[0, 1]``; and ``class_scores``
-    (Tensor[B, C - 1, P]): the softmax scores of the foreground classes, class by class. The
-    same functions as ``detect`` (which decodes only the candidates, element by element alike).
-    """
-
-    def __init__(self, network: nn.Module, priors: Tensor, variances: tuple[float, float]):
-        super().__init__()
-        self.network = network
-        self.register_buffer("priors", priors)
-        self.variances = variances
-
-    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
-        loc, conf = self.network(*inputs)
-        boxes = decode(loc, self.priors, self.variances).clamp(0, 1)
-        return boxes, F.softmax(conf, dim=-1)[..., 1:].transpose(1, 2)
-
-
-def _append_postprocess(
-    graph: onnx.GraphProto, num_priors: int, num_classes: int, postprocess: Postprocessing
-) -> None:
-    """Append the stages of ``detect`` after :class:`_Decoded`'s to its graph, in place.
-
-    The graph's outputs ``decoded_boxes [B, P, 4]`` and ``class_scores [B, C - 1, P]`` are
-    replaced by ``boxes [B, K, 4]``, ``scores [B, K]``, ``labels [B, K]`` and
-    ``num_detections [B]`` (see :func:`export_onnx`). Each stage gives what ``detect`` gives,
-    ties included: ONNX's ``TopK`` puts equal values in index order, as ``detect``'s stable
-    sorts do, and onnxruntime's ``NonMaxSuppression`` visits equal scores in index order.
-    """
-    top_k, cap = postprocess.top_k, min(postprocess.candidates_per_class, num_priors)
-    width = (num_classes - 1) * num_priors
-    add = _Nodes(graph, keep={*_DECODED, *DETECTION_OUTPUTS})
-    # Cap: each class's `cap` best scores stay, the others become 0, which no threshold passes.
-    add("TopK", ["class_scores", add.int64("cap", [cap])], ["cap_scores", "cap_index"], axis=-1)
-    add("Shape", ["class_scores"], ["score_shape"])
-    add("ConstantOfShape", ["score_shape"], ["zeros"], value=_filler(0.0))
-    add("ScatterElements", ["zeros", "cap_index", "cap_scores"], ["candidates"], axis=2)
-    # Threshold and NMS by image and class, both strict (score > conf, IoU > nms) as detect's;
-    # kept: [N, 3] rows (image, class, default box), each class best first.
-    thresholds = [
-        add.float32("iou_threshold", [postprocess.nms_threshold]),
-        add.float32("score_threshold", [postprocess.conf_threshold]),
-    ]
-    add("NonMaxSuppression", ["decoded_boxes", "candidates", "cap", *thresholds], ["kept"])
-    # Top-k: the kept scores in a [B, (C - 1) * P] table of -1 (below every score), class by
-    # class, and its `top_k` best; the modulo below maps any padding column to a real box.
-    add("GatherND", ["candidates", "kept"], ["kept_scores"])
-    add("ConstantOfShape", ["score_shape"], ["minus_ones"], value=_filler(-1.0))
-    add("ScatterND", ["minus_ones", "kept", "kept_scores"], ["kept_table"])
-    add("Reshape", ["kept_table", add.int64("per_image", [0, -1])], ["ranking"])
-    if top_k > width:
-        pads = add.int64("pads", [0, 0, 0, top_k - width])
-        add("Pad", ["ranking", pads, add.float32("minus_one", -1.0)], ["padded_ranking"])
-    ranking = "padded_ranking" if top_k > width else "ranking"
-    add("TopK", [ranking, add.int64("top_k", [top_k])], ["ranked", "position"], axis=-1)
-    add("GreaterOrEqual", ["ranked", add.float32("zero", 0.0)], ["found"])
-    add("Div", ["position", add.int64("num_priors", num_priors)], ["class_index"])
-    add("Add", ["class_index", add.int64("one", 1)], ["ranked_labels"])
-    add("Mod", ["position", "num_priors"], ["prior"])
-    add("Unsqueeze", ["prior", add.int64("last_axis", [-1])], ["prior_column"])
-    add("GatherND", ["decoded_boxes", "prior_column"], ["ranked_boxes"], batch_dims=1)
-    # Rows past the detections: zeros.
-    add("Unsqueeze", ["found", "last_axis"], ["found_column"])
-    add("Where", ["found_column", "ranked_boxes", "zero"], ["boxes"])
-    add("Where", ["found", "ranked", "zero"], ["scores"])
-    add("Where", ["found", "ranked_labels", add.int64("no_label", 0)], ["labels"])
-    add("Cast", ["found"], ["found_count"], to=TensorProto.INT64)
-    add("ReduceSum", ["found_count", add.int64("rows", [1])], ["num_detections"], keepdims=0)
-
-    batch = graph.input[0].type.tensor_type.shape.dim[0].dim_param
-    del graph.output[:]
-    graph.output.extend(
-        [
-            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [batch, top_k, 4]),
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, top_k]),
-            helper.make_tensor_value_info("labels", TensorProto.INT64, [batch, top_k]),
-            helper.make_tensor_value_info("num_detections", TensorProto.INT64, [batch]),
-        ]
-    )
-
-
-class _Nodes:
-    """Appends nodes and constants to a graph, in a ``postprocess/`` scope of their own.
-
-    Every name is scoped, so that none can clash with the exported network's, except those in
-    ``keep``: the graph's values that the new nodes read and write.
-    """
-
-    def __init__(self, graph: onnx.GraphProto, keep: set[str]) -> None:
-        self.graph, self.keep = graph, keep
-
-    def __call__(self, op: str, inputs: list[str], outputs: list[str], **attributes: Any) -> None:
-        inputs, outputs = [self._scoped(n) for n in inputs], [self._scoped(n) for n in outputs]
-        self.graph.node.append(helper.make_node(op, inputs, outputs, name=outputs[0], **attributes))
-
-    def int64(self, name: str, value: int | list[int]) -> str:
-        return self._constant(name, np.array(value, dtype=np.int64))
-
-    def float32(self, name: str, value: float | list[float]) -> str:
-        return self._constant(name, np.array(value, dtype=np.float32))
-
-    def _constant(self, name: str, value: np.ndarray) -> str:
-        """Add an initializer; its unscoped name, for :meth:`__call__`'s inputs."""
-        self.graph.initializer.append(numpy_helper.from_array(value, self._scoped(name)))
-        return name
-
-    def _scoped(self, name: str) -> str:
-        return name if name in self.keep else f"postprocess/{name}"
-
-
-def _filler(value: float) -> onnx.TensorProto:
-    """``ConstantOfShape``'s ``value``: a one-element float32 tensor."""
-    return helper.make_tensor("value", TensorProto.FLOAT, [1], [value])
