@@ -26,6 +26,11 @@ SSDLite (:func:`ssdlite_features`) swaps VGG-16 for torchvision's MobileNetV3-La
 3x3 conv of the extra layers for a depthwise-separable one; at 320 px its sources are
 ``672 x 20 x 20`` (inside MobileNet's first stride-32 block), ``960 x 10 x 10`` (its last
 layer), then 512 x 5 x 5, 256 x 3 x 3, 256 x 2 x 2 and 128 x 1 x 1.
+
+The module holds the three families of bases the book compares side by side (VGG-16, the tiny
+base, MobileNetV3 with SSDLite's extras), each a few small ``nn.Module`` classes; that is why it
+is longer than the others. Weights (downloads, ImageNet surgery) live in
+:mod:`ssd_tutorial.weights`.
 """
 
 from __future__ import annotations

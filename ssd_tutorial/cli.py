@@ -5,6 +5,11 @@
 * ``detect``: boxes for image files, drawn on the images and written to a JSON file.
 * ``export``: a checkpoint's model as an ONNX file, to run with onnxruntime.
 * ``anchors``: the default-box table of a configuration.
+
+One function per command runs it (``_train_command``, ...) and one adds its options
+(``_add_train_command``, ...). The module is longer than the package's others because a
+command line is mostly option definitions and their help; it imports the heavy modules inside
+each command, so that ``--help`` is fast and inference never loads the trainer.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ what a control changes:
 
 ``explorer_common.js`` holds what they share (default-box geometry, IoU, drawing); each has its
 own ``<name>_explorer.js``. The scripts repeat the package's arithmetic in the same order, so
-their numbers equal the package's (the browser tests check it).
+their numbers equal the package's (the browser tests check it). The module prepares the data of
+all five explorers, a few functions each, so it is longer than the package's others.
 """
 
 from __future__ import annotations

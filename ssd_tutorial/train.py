@@ -16,6 +16,10 @@ by the positives of the whole global batch, so W processes take the step one pro
 on the global batch. Only rank 0 shows progress, writes logs and checkpoints and evaluates; the
 others wait for it at a barrier. Checkpoints hold the plain model's weights, so they load in one
 process or in several alike.
+
+The module holds the configuration (:class:`TrainConfig`, the presets, the schedule) and the
+:class:`Trainer` that uses it, which is why it is longer than the package's others; the
+checkpoint format that inference reads is :mod:`ssd_tutorial.checkpoint`.
 """
 
 from __future__ import annotations
