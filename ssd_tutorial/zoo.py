@@ -107,7 +107,7 @@ def training_loader(
         pool = ImagePool.with_transforms(rendered, train_transforms(size, **augmentations))
         collate_fn = collate
     else:
-        # Flips alone are done on the whole batch at once, a tenth of the per-image pipeline's
+        # Flips alone are done on the whole batch at once, a third of the per-image pipeline's
         # cost (see collate_flipped).
         pool = ImagePool.with_transforms(rendered, None)
         collate_fn = partial(collate_flipped, p=0.5 if augmentations.get("flip", True) else 0.0)
