@@ -57,14 +57,17 @@ def source_receptive_fields(model: SSD) -> list[SourceField]:
     Returns:
         One :class:`SourceField` per source map, in the order of ``model.config.feature_maps``.
     """
-    states: list[tuple[Tensor, tuple[int, int, int]]] = []
+    # (address of the output, state): addresses rather than the tensors, which would keep every
+    # activation of the pass alive; a source lives to the end, so no later output reuses its
+    # address, and in-place layers, which return their input, share its state anyway.
+    states: list[tuple[int, tuple[int, int, int]]] = []
     state = (1, 1, 0)  # field, jump, depth of the last layer run so far
 
     def record(module: nn.Module, _inputs: tuple, output: Tensor) -> None:
         nonlocal state
         if isinstance(module, _WINDOWED):
             state = _grown(state, module)
-        states.append((output, state))
+        states.append((output.data_ptr(), state))
 
     leaves = [m for m in model.base.modules() if not list(m.children())]
     hooks = [leaf.register_forward_hook(record) for leaf in leaves]
@@ -79,8 +82,8 @@ def source_receptive_fields(model: SSD) -> list[SourceField]:
             hook.remove()
     fields = []
     for source in sources:
-        # the last layer whose output is the source (in-place layers return their input)
-        field, jump, depth = next(s for out, s in reversed(states) if out is source)
+        address = source.data_ptr()
+        field, jump, depth = next(s for out, s in reversed(states) if out == address)
         fields.append(SourceField(source.shape[-1], jump, field, depth))
     return fields
 
