@@ -25,14 +25,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from ssd_tutorial.anchors import SSD_TINY, AnchorConfig, default_boxes
-from ssd_tutorial.backbones import tiny_features
+from ssd_tutorial.backbones import TINY_STAGES, tiny_features
 from ssd_tutorial.data.sizes import LARGE_AREA, SMALL_AREA
 from ssd_tutorial.data.transforms import collate
 from ssd_tutorial.evaluate import ap_by_size, predict, voc_map
-from ssd_tutorial.model import SSD, config_for_size
+from ssd_tutorial.model import SSD, config_for_size, count_parameters
 from ssd_tutorial.postprocess import detect
 from ssd_tutorial.profiling import time_ms
-from ssd_tutorial.zoo import SHORT_RUN_AUGMENTATIONS, shapes_data, shapes_model
+from ssd_tutorial.variants import SelectedSources, TopDownContext, select_maps
+from ssd_tutorial.zoo import POOL_IMAGES, SHORT_RUN_AUGMENTATIONS, shapes_data, shapes_model
 
 #: Object-size buckets by box area relative to the image (:mod:`ssd_tutorial.data.sizes`):
 #: COCO's small and large thresholds, as fractions of the image area.
@@ -56,28 +57,67 @@ AUGMENTATION_ABLATION: dict[str, dict[str, bool]] = {
 }
 
 
+#: The verdicts of :func:`compare` on a claim that one variant scores higher than another.
+HELD, DID_NOT_HOLD, UNDECIDED = VERDICTS = ("held", "did not hold", "undecided at this budget")
+
+#: Table 3 of the SSD paper (Liu et al., ECCV 2016), "effects of using multiple output layers":
+#: SSD300 on VOC2007 test predicting from fewer and fewer source layers, the remaining layers'
+#: boxes re-tiled to keep about 8732 in all. Each row: the layers used, the mAP with the default
+#: boxes that cross the image border kept and without them, and the number of boxes.
+PAPER_OUTPUT_LAYERS: tuple[tuple[tuple[str, ...], float, float, int], ...] = (
+    (("conv4_3", "conv7", "conv8_2", "conv9_2", "conv10_2", "conv11_2"), 74.3, 63.4, 8732),
+    (("conv4_3", "conv7", "conv8_2", "conv9_2", "conv10_2"), 74.6, 63.1, 8764),
+    (("conv4_3", "conv7", "conv8_2", "conv9_2"), 73.8, 68.4, 8942),
+    (("conv4_3", "conv7", "conv8_2"), 70.7, 69.2, 9864),
+    (("conv4_3", "conv7"), 64.2, 64.4, 9025),
+    (("conv7",), 62.4, 64.0, 8664),
+)
+
 #: Seeds of the runs of every variant in :func:`run_seeds`: three runs give a mean and a spread.
 SEEDS: tuple[int, ...] = (0, 1, 2)
 
 
 def tiny_ssd(
-    config: AnchorConfig = SSD_TINY, image_size: int | None = None
+    config: AnchorConfig = SSD_TINY,
+    image_size: int | None = None,
+    *,
+    stages: tuple[tuple[int, ...], ...] = TINY_STAGES,
+    top_down: bool = False,
+    sources: Sequence[int] | None = None,
 ) -> Callable[[int], SSD]:
-    """A ``build(num_classes)`` for :func:`~ssd_tutorial.zoo.shapes_model`: the tiny base with
-    other default boxes or another input size.
+    """A ``build(num_classes)`` for :func:`~ssd_tutorial.zoo.shapes_model`: the tiny SSD with
+    one part changed.
 
     Args:
         config: the default boxes (for the tiny base's 128 px input unless ``image_size``).
         image_size: feed the base this many pixels; ``config`` is then resized to the maps the
             base gives at that size (:func:`~ssd_tutorial.model.config_for_size`).
+        stages: the base's conv widths per stage
+            (:data:`~ssd_tutorial.variants.DEEPER_TINY_STAGES` for a deeper base).
+        top_down: add FPN-style context to the finest source map
+            (:class:`~ssd_tutorial.variants.TopDownContext`).
+        sources: predict from these source maps only (0 the finest), with their own default
+            boxes (:class:`~ssd_tutorial.variants.SelectedSources`,
+            :func:`~ssd_tutorial.variants.select_maps`).
     """
-    return partial(_build_tiny, config, image_size)
+    return partial(_build_tiny, config, image_size, stages, top_down, sources)
 
 
-def _build_tiny(config: AnchorConfig, image_size: int | None, num_classes: int) -> SSD:
-    base = tiny_features()
+def _build_tiny(
+    config: AnchorConfig,
+    image_size: int | None,
+    stages: tuple[tuple[int, ...], ...],
+    top_down: bool,
+    sources: Sequence[int] | None,
+    num_classes: int,
+) -> SSD:
+    base = tiny_features(stages)
+    if top_down:
+        base = TopDownContext(base)
     if image_size is not None:
         config = config_for_size(base, config, image_size)
+    if sources is not None:
+        base, config = SelectedSources(base, sources), select_maps(config, sources)
     return SSD(base, config, num_classes)
 
 
@@ -99,16 +139,21 @@ def with_ratios(
     )
 
 
-def evaluate_variant(model: SSD, num_images: int, batch_size: int = 50) -> dict[str, float]:
-    """VOC2007 mAP of ``model`` on the first ``num_images`` validation shapes, drawn at its
+def evaluate_variant(
+    model: SSD, num_images: int, batch_size: int = 50, split: str = "val"
+) -> dict[str, float]:
+    """VOC2007 mAP of ``model`` on the first ``num_images`` shapes of ``split``, drawn at its
     input size, overall and per object size (:data:`SIZE_BUCKETS`).
+
+    ``split="train"`` scores the first training images, those a run with ``pool_images``
+    trained on: the gap to the validation mAP measures overfitting.
 
     Returns:
         ``map``, ``map_small``, ``map_medium``, ``map_large``, and ``objects_small`` etc. (the
         number of objects in each bucket).
     """
-    val = shapes_data("val", num_images, augment=False, size=model.config.image_size)
-    loader = DataLoader(val, batch_size=batch_size, collate_fn=collate)
+    images = shapes_data(split, num_images, augment=False, size=model.config.image_size)
+    loader = DataLoader(images, batch_size=batch_size, collate_fn=collate)
     detections, targets = predict(model, loader, progress=False)
     num_classes = model.num_classes
     metrics = {"map": voc_map(detections, targets, num_classes=num_classes).map}
@@ -128,6 +173,7 @@ def run_variant(
     num_images: int = 300,
     progress: bool = True,
     seed: int = 0,
+    pool_images: int | None = None,
 ) -> dict[str, float]:
     """Train (or load from the cache) the variant ``name``, evaluate it and time it.
 
@@ -136,10 +182,14 @@ def run_variant(
             :func:`~ssd_tutorial.zoo.shapes_model` (the default augmentations are the book's
             model's, flips only; ``AUGMENTATION_ABLATION`` has the others).
         num_images: validation images for :func:`evaluate_variant`.
+        pool_images: train on the first this many training images only (default: the zoo's
+            pool, :data:`~ssd_tutorial.zoo.POOL_IMAGES`), and score those too.
 
     Returns:
         :func:`evaluate_variant`'s metrics, with ``boxes`` (the number of default boxes),
-        ``image_size`` and ``latency_ms`` (:func:`detection_latency` for one image, in ms).
+        ``parameters``, ``image_size`` and ``latency_ms`` (:func:`detection_latency` for one
+        image, in ms); with ``pool_images``, also ``train_map`` (the mAP on the training
+        images, at most ``num_images`` of them) and ``gap`` (``train_map - map``).
     """
     model, _ = shapes_model(
         steps,
@@ -149,10 +199,16 @@ def run_variant(
         progress=progress,
         seed=seed,
         validate=False,  # scored below, once, overall and by object size
+        pool_images=pool_images or POOL_IMAGES,
     )
+    metrics = evaluate_variant(model, num_images)
+    if pool_images is not None:
+        seen = evaluate_variant(model, min(pool_images, num_images), split="train")["map"]
+        metrics |= {"train_map": seen, "gap": seen - metrics["map"]}
     return {
-        **evaluate_variant(model, num_images),
+        **metrics,
         "boxes": model.config.num_boxes,
+        "parameters": count_parameters(model),
         "image_size": model.config.image_size,
         "latency_ms": 1000 * detection_latency(model),
     }
@@ -202,8 +258,9 @@ def compare(
     difference from noise, not a small one.
 
     Returns:
-        ``(difference, standard_error, verdict)``; the verdict is ``"supports"`` (``better``
-        is higher), ``"contradicts"`` (lower) or ``"undecided"``.
+        ``(difference, standard_error, verdict)``: the verdict on the claim "``better`` scores
+        higher" is one of :data:`VERDICTS`: ``"held"`` (higher by more than two standard
+        errors), ``"did not hold"`` (lower by as much) or ``"undecided at this budget"``.
     """
     difference = better[key] - worse[key]
     error = math.sqrt(
@@ -211,8 +268,8 @@ def compare(
         + worse.get(f"{key}_std", 0.0) ** 2 / len(worse["runs"])
     )  # a metric equal in all runs of a variant has no spread
     if abs(difference) <= 2 * error:
-        return difference, error, "undecided"
-    return difference, error, "supports" if difference > 0 else "contradicts"
+        return difference, error, UNDECIDED
+    return difference, error, HELD if difference > 0 else DID_NOT_HOLD
 
 
 @torch.inference_mode()

@@ -246,7 +246,11 @@ def vgg16_features(extras: tuple[ExtraSpec, ...] = SSD300_EXTRAS) -> MultiScaleF
     return MultiScaleFeatures(backbone, ExtraLayers(1024, extras))
 
 
-def tiny_features() -> MultiScaleFeatures:
+#: The tiny base's five stages: one 3x3 conv each, 16 to 128 channels.
+TINY_STAGES: tuple[tuple[int, ...], ...] = ((16,), (32,), (64,), (96,), (128,))
+
+
+def tiny_features(stages: tuple[tuple[int, ...], ...] = TINY_STAGES) -> MultiScaleFeatures:
     """A small VGG-like base for teaching on a CPU: 128 px input, sources 16, 8, 4, 2, 1.
 
     The same parts as SSD300, thinner: one 3x3 conv per stage (16, 32, 64, 96, 128 channels),
@@ -255,10 +259,13 @@ def tiny_features() -> MultiScaleFeatures:
     Sources: conv4_1 (96 x 16 x 16, through L2Norm), fc7 (128 x 8 x 8), conv8_2 (96 x 4 x 4),
     conv9_2 (96 x 2 x 2), conv10_2 (96 x 1 x 1). fc6 uses dilation 3: on an 8 x 8 map, taps 6 cells
     apart would mostly read padding.
+
+    Args:
+        stages: the widths of each stage's 3x3 convs (as in :class:`VGGAtrous`); more convs per
+            stage give a deeper base with the same source maps. The fourth stage's last width
+            and fc7's 128 channels are the sources' channels.
     """
-    backbone = VGGAtrous(
-        ((16,), (32,), (64,), (96,), (128,)), fc_channels=128, dilation=3, batch_norm=True
-    )
+    backbone = VGGAtrous(stages, fc_channels=128, dilation=3, batch_norm=True)
     extras = ExtraLayers(128, ((48, 96, 3, 2, 1),) * 3, batch_norm=True)
     return MultiScaleFeatures(backbone, extras)
 

@@ -12,13 +12,15 @@ neighbouring cells see windows that far apart. The field is *theoretical*: the p
 influence the cell at all; those near its centre count far more.
 
 :func:`source_receptive_fields` runs a model's base once and records every convolution and
-pooling layer in the order they run, so it works on any base whose layers form one chain up to
-each source map (VGG, the tiny base, MobileNet, where a residual block's skip connection adds
-no wider path than the block's own layers).
+pooling layer with the tensor it reads, so it works on any base whose layers form one chain up
+to each source map (VGG, the tiny base, MobileNet, where a residual block adds its input in
+place and its skip connection is no wider path than the block's own layers). A base that
+merges two paths outside its modules (a top-down connection) gets a ``ValueError``.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -57,34 +59,58 @@ def source_receptive_fields(model: SSD) -> list[SourceField]:
     Returns:
         One :class:`SourceField` per source map, in the order of ``model.config.feature_maps``.
     """
-    # (address of the output, state): addresses rather than the tensors, which would keep every
-    # activation of the pass alive; a source lives to the end, so no later output reuses its
-    # address, and in-place layers, which return their input, share its state anyway.
-    states: list[tuple[int, tuple[int, int, int]]] = []
-    state = (1, 1, 0)  # field, jump, depth of the last layer run so far
+    # The state of every tensor the pass makes, by address; not the tensors themselves, which
+    # would keep every activation alive. An entry goes when its tensor is freed, so that a new
+    # tensor at the same address is never read as the old one.
+    states: dict[int, tuple[int, int, int] | None] = {}
 
-    def record(module: nn.Module, _inputs: tuple, output: Tensor) -> None:
-        nonlocal state
-        if isinstance(module, _WINDOWED):
+    def remember(tensor: Tensor, state: tuple[int, int, int] | None) -> None:
+        address = tensor.data_ptr()
+        if address not in states:
+            weakref.finalize(tensor, states.pop, address, None)
+        states[address] = state
+
+    def record(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        # None: the input was made outside any module (an addition, an upsampling), so the
+        # layers before it do not form one chain.
+        state = states.get(inputs[0].data_ptr()) if inputs else None
+        if state is not None and isinstance(module, _WINDOWED):
             state = _grown(state, module)
-        states.append((output.data_ptr(), state))
+        remember(output, state)
 
-    leaves = [m for m in model.base.modules() if not list(m.children())]
-    hooks = [leaf.register_forward_hook(record) for leaf in leaves]
+    def record_block(module: nn.Module, inputs: tuple, output: object) -> None:
+        # A block whose output no layer made (squeeze-and-excitation multiplies its input by
+        # per-channel weights) sees what its input sees, if nothing inside it looks wider.
+        made_by_no_layer = isinstance(output, Tensor) and output.data_ptr() not in states
+        windows = [m for m in module.modules() if isinstance(m, _WINDOWED)]
+        if made_by_no_layer and inputs and all(_field_neutral(m) for m in windows):
+            remember(output, states.get(inputs[0].data_ptr()))
+
+    hooks = [
+        m.register_forward_hook(record_block if list(m.children()) else record)
+        for m in model.base.modules()
+    ]
     size = model.config.image_size
     try:
         parameter = next(model.parameters())
         blank = torch.zeros(1, 3, size, size, dtype=parameter.dtype, device=parameter.device)
+        remember(blank, (1, 1, 0))  # one pixel: field 1, jump 1, no convolution yet
         with eval_mode(model), torch.no_grad():
             sources = model.base(blank)
+        fields = []
+        for k, source in enumerate(sources):
+            state = states.get(source.data_ptr())
+            if state is None:
+                raise ValueError(
+                    f"source map {k} is computed from a tensor made outside the base's "
+                    "modules (a merge of two paths, such as a top-down connection): its "
+                    "theoretical receptive field needs one chain of layers"
+                )
+            field, jump, depth = state
+            fields.append(SourceField(source.shape[-1], jump, field, depth))
     finally:
         for hook in hooks:
             hook.remove()
-    fields = []
-    for source in sources:
-        address = source.data_ptr()
-        field, jump, depth = next(s for out, s in reversed(states) if out == address)
-        fields.append(SourceField(source.shape[-1], jump, field, depth))
     return fields
 
 
@@ -96,6 +122,12 @@ def _grown(state: tuple[int, int, int], layer: nn.Module) -> tuple[int, int, int
     )
     field += (kernel - 1) * dilation * jump
     return field, jump * stride, depth + isinstance(layer, nn.Conv2d)
+
+
+def _field_neutral(layer: nn.Module) -> bool:
+    """A layer that changes neither the field nor the stride: a 1x1 kernel (a pooling of the
+    whole map too, such as squeeze-and-excitation's, is not in ``_WINDOWED``) of stride 1."""
+    return _first(layer.kernel_size) == 1 and _first(layer.stride) == 1
 
 
 def _first(value: int | tuple[int, ...]) -> int:

@@ -149,6 +149,7 @@ def shapes_model(
     augmentations: Mapping[str, bool] | None = None,
     seed: int = 0,
     validate: bool = True,
+    pool_images: int = POOL_IMAGES,
 ) -> tuple[SSD, tuple[str, ...]]:
     """An SSD trained on the synthetic shapes, trained now or loaded from the cache.
 
@@ -167,6 +168,8 @@ def shapes_model(
         validate: score the validation images after every epoch of training (the ``eval.csv``
             of the training chapter's curves, and the mAP that ``progress`` prints); runs that
             are scored once they are done (chapter 12's variants) save that time with ``False``.
+        pool_images: the training images the batches are drawn from (the first ones of the
+            training split); a small pool is a training set that the network can overfit.
 
     Returns:
         ``(model, class_names)``: the model in eval mode on the CPU, and
@@ -181,7 +184,8 @@ def shapes_model(
         model = build(len(CLASS_NAMES))
     if not checkpoint.is_file():
         shutil.rmtree(run, ignore_errors=True)  # the logs of an interrupted run, if any
-        _train(model, shapes_recipe(steps, seed), run, progress, augmentations, validate)
+        recipe = shapes_recipe(steps, seed)
+        _train(model, recipe, run, progress, augmentations, validate, pool_images)
     load_checkpoint(checkpoint, model)
     return model.eval(), CLASS_NAMES
 
@@ -193,9 +197,11 @@ def _train(
     progress: bool,
     augmentations: Mapping[str, bool] | None,
     validate: bool = True,
+    pool_images: int = POOL_IMAGES,
 ) -> None:
-    """Train ``model`` with ``recipe`` and leave ``run / "model.pt"`` when done; score the
-    validation images after every epoch if ``validate``."""
+    """Train ``model`` with ``recipe`` on the first ``pool_images`` training images and leave
+    ``run / "model.pt"`` when done; score the validation images after every epoch if
+    ``validate``."""
     size = model.config.image_size
     steps = recipe.max_steps
     trainer = Trainer(
@@ -206,7 +212,7 @@ def _train(
         progress=False,
         class_names=CLASS_NAMES,
     )
-    train = training_loader(size, augmentations)
+    train = training_loader(size, augmentations, pool_images)
     val = DataLoader(
         shapes_data("val", 300, augment=False, size=size), batch_size=100, collate_fn=collate
     )

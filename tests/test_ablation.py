@@ -146,9 +146,9 @@ def summary_of(*values):
 @pytest.mark.parametrize(
     ("better", "worse", "verdict"),
     [
-        ((0.50, 0.52, 0.51), (0.40, 0.41, 0.39), "supports"),
-        ((0.40, 0.41, 0.39), (0.50, 0.52, 0.51), "contradicts"),
-        ((0.50, 0.30, 0.40), (0.45, 0.35, 0.38), "undecided"),
+        ((0.50, 0.52, 0.51), (0.40, 0.41, 0.39), "held"),
+        ((0.40, 0.41, 0.39), (0.50, 0.52, 0.51), "did not hold"),
+        ((0.50, 0.30, 0.40), (0.45, 0.35, 0.38), "undecided at this budget"),
     ],
 )
 def test_compare_reads_a_difference_against_two_standard_errors(better, worse, verdict):
@@ -157,3 +157,12 @@ def test_compare_reads_a_difference_against_two_standard_errors(better, worse, v
     expected = (torch.tensor(better).var() / 3 + torch.tensor(worse).var() / 3).sqrt()
     assert float(error) == pytest.approx(float(expected))
     assert said == verdict
+
+
+def test_paper_output_layers_drop_the_coarsest_layer_first():
+    rows = ablation.PAPER_OUTPUT_LAYERS
+    assert rows[0][0] == ("conv4_3", "conv7", "conv8_2", "conv9_2", "conv10_2", "conv11_2")
+    assert rows[0][1:] == (74.3, 63.4, 8732)  # SSD300's own mAP and number of boxes
+    for k in range(1, len(rows) - 1):
+        assert rows[k][0] == rows[k - 1][0][:-1]
+    assert rows[-1][0] == ("conv7",)

@@ -68,3 +68,17 @@ def test_fields_follow_the_input_size_of_the_model_and_leave_its_mode_alone():
     assert [f.map_size for f in fields] == list(model.config.feature_maps)
     assert [f.stride for f in fields] == [8, 16, 32, 64, 128]
     assert model.training
+
+
+def test_a_base_that_merges_two_paths_outside_its_modules_is_refused():
+    from ssd_tutorial.ablation import tiny_ssd
+
+    with pytest.raises(ValueError, match="source map 0 is computed from a tensor made outside"):
+        source_receptive_fields(tiny_ssd(top_down=True)(3))
+
+
+def test_squeeze_and_excitation_blocks_keep_mobilenets_chain():
+    fields = source_receptive_fields(build_ssd("ssdlite320", 3))
+    assert [f.map_size for f in fields] == [20, 10, 5, 3, 2, 1]
+    assert [f.stride for f in fields] == [16, 32, 64, 128, 256, 512]
+    assert all(a.field < b.field and a.depth < b.depth for a, b in itertools.pairwise(fields))
