@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ssd_tutorial import anchors
@@ -42,7 +42,7 @@ def _train(args: argparse.Namespace, device) -> int:
     import torch
 
     from ssd_tutorial import distributed
-    from ssd_tutorial.data.transforms import train_transforms
+    from ssd_tutorial.data.loading import train_pipeline
     from ssd_tutorial.evaluate import evaluate_model
     from ssd_tutorial.model import build_ssd
     from ssd_tutorial.train import PRESETS, TrainConfig, Trainer
@@ -72,7 +72,8 @@ def _train(args: argparse.Namespace, device) -> int:
     torch.manual_seed(args.seed)
     size = _model_image_size(args.model)
     train_split, _ = _splits(args)
-    train_data = _open(args, train_split, train_transforms(size), args.train_size, size)
+    pipeline = train_pipeline(size)  # all of SSD's augmentations
+    train_data = _open(args, train_split, pipeline.transforms, args.train_size, size)
     class_names = train_data.class_names
     model = build_ssd(args.model, len(class_names), pretrained_base=args.pretrained_base)
     model.channels_last = args.channels_last
@@ -95,7 +96,9 @@ def _train(args: argparse.Namespace, device) -> int:
         evaluate = lambda m: evaluate_model(  # noqa: E731
             m, val_loader, class_names=class_names, progress=not args.quiet
         )
-    train_loader = _loader(train_data, args, trainer.device, shuffle=True, shard=True)
+    train_loader = _loader(
+        train_data, args, trainer.device, shuffle=True, shard=True, collate_fn=pipeline.collate_fn
+    )
     history = trainer.fit(train_loader, evaluate)
     last = [row for row in history if "map" in row]
     if last:
@@ -304,36 +307,30 @@ def _eval_loader(args: argparse.Namespace, size: int, device, classes: str | Non
     return _loader(dataset, args, device)
 
 
-def _loader(dataset, args: argparse.Namespace, device, shuffle: bool = False, shard: bool = False):
-    """Batches of ``--batch-size`` images; with ``shard``, under several processes, this
-    process's equal part of each global batch (a ``DistributedSampler`` over ``dataset``).
+def _loader(
+    dataset,
+    args: argparse.Namespace,
+    device,
+    shuffle: bool = False,
+    shard: bool = False,
+    collate_fn: Callable | None = None,
+):
+    """Batches of ``--batch-size`` images (:func:`~ssd_tutorial.data.loading.make_loader`, with
+    the loading options given); with ``shard``, under several processes, this process's equal
+    part of each global batch."""
+    from ssd_tutorial.data.loading import make_loader
 
-    Defaults that keep a GPU fed, each overridable: workers from the cores per process, pinned
-    memory for CUDA copies, workers kept alive between epochs.
-    """
-    from torch.utils.data import DataLoader, DistributedSampler
-
-    from ssd_tutorial import distributed
-    from ssd_tutorial.data.transforms import collate
-
-    processes = distributed.world_size()
-    sampler = None
-    if shard and processes > 1:
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=args.seed)
-    workers = (
-        args.workers if args.workers is not None else distributed.default_num_workers(processes)
-    )
-    pin_memory = args.pin_memory if args.pin_memory is not None else device.type == "cuda"
-    persistent = args.persistent_workers if args.persistent_workers is not None else workers > 0
-    return DataLoader(
+    return make_loader(
         dataset,
-        batch_size=distributed.local_batch_size(args.batch_size, processes if sampler else 1),
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
-        collate_fn=collate,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        persistent_workers=persistent,
+        args.batch_size,
+        shuffle=shuffle,
+        shard=shard,
+        seed=args.seed,
+        collate_fn=collate_fn,
+        device=device,
+        workers=args.workers,
+        pin_memory=args.pin_memory,
+        persistent_workers=args.persistent_workers,
     )
 
 
