@@ -18,9 +18,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+
+class FeatureMap(NamedTuple):
+    """One prediction map of an :class:`AnchorConfig`: its entries of the config's lists."""
+
+    size: int
+    step: float
+    min_size: float
+    max_size: float
+    aspect_ratios: tuple[float, ...]
+    boxes_per_cell: int
+    shapes: tuple[tuple[float, float], ...]
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,23 @@ class AnchorConfig:
         if self.shapes:
             return tuple(len(shapes) for shapes in self.shapes)
         return tuple(2 + 2 * len(ratios) for ratios in self.aspect_ratios)
+
+    @property
+    def maps(self) -> tuple[FeatureMap, ...]:
+        """The config map by map, largest first (``shapes`` is ``()`` without explicit shapes)."""
+        shapes = self.shapes or ((),) * len(self.feature_maps)
+        return tuple(
+            FeatureMap(*fields)
+            for fields in zip(
+                self.feature_maps,
+                self.steps,
+                self.min_sizes,
+                self.max_sizes,
+                self.aspect_ratios,
+                self.boxes_per_cell,
+                shapes,
+            )
+        )
 
     @property
     def num_boxes(self) -> int:
@@ -259,30 +289,21 @@ def box_shapes(config: AnchorConfig) -> list[Tensor]:
 def anchor_table(config: AnchorConfig) -> list[dict[str, float | int | str]]:
     """One row per feature map: size, step, scales, ratios and box counts (for the book and CLI)."""
     rows = []
-    for k, (f, step, lo, hi, ratios, per_cell) in enumerate(
-        zip(
-            config.feature_maps,
-            config.steps,
-            config.min_sizes,
-            config.max_sizes,
-            config.aspect_ratios,
-            config.boxes_per_cell,
-        )
-    ):
+    for k, m in enumerate(config.maps):
         rows.append(
             {
                 "map": k,
-                "size": f"{f}x{f}",
-                "step": step,
-                "s_k": lo / config.image_size,
-                "s'_k": math.sqrt(lo * hi) / config.image_size,
+                "size": f"{m.size}x{m.size}",
+                "step": m.step,
+                "s_k": m.min_size / config.image_size,
+                "s'_k": math.sqrt(m.min_size * m.max_size) / config.image_size,
                 "aspect ratios": (
-                    ", ".join(f"{w / h:.2g}" for w, h in config.shapes[k])
-                    if config.shapes
-                    else ", ".join(["1", *(f"{r:g}, 1/{r:g}" for r in ratios)])
+                    ", ".join(f"{w / h:.2g}" for w, h in m.shapes)
+                    if m.shapes
+                    else ", ".join(["1", *(f"{r:g}, 1/{r:g}" for r in m.aspect_ratios)])
                 ),
-                "boxes per cell": per_cell,
-                "boxes": f * f * per_cell,
+                "boxes per cell": m.boxes_per_cell,
+                "boxes": m.size * m.size * m.boxes_per_cell,
             }
         )
     return rows

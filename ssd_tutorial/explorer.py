@@ -181,25 +181,17 @@ def config_json(config: anchors.AnchorConfig) -> dict:
     """A config as the explorers' scripts read it: one entry per map, explicit shapes kept."""
     names = _known_source_names().get(config.feature_maps, ())
     maps = []
-    for k, (size, step, lo, hi, ratios) in enumerate(
-        zip(
-            config.feature_maps,
-            config.steps,
-            config.min_sizes,
-            config.max_sizes,
-            config.aspect_ratios,
-        )
-    ):
+    for k, m in enumerate(config.maps):
         entry = {
-            "size": size,
-            "step": step,
-            "min_size": lo,
-            "max_size": hi,
-            "ratios": list(ratios),
+            "size": m.size,
+            "step": m.step,
+            "min_size": m.min_size,
+            "max_size": m.max_size,
+            "ratios": list(m.aspect_ratios),
             "source": names[k] if names else f"map {k}",
         }
-        if config.shapes:
-            entry["shapes"] = [list(wh) for wh in config.shapes[k]]
+        if m.shapes:
+            entry["shapes"] = [list(wh) for wh in m.shapes]
         maps.append(entry)
     return {"image_size": config.image_size, "clip": config.clip, "maps": maps}
 
