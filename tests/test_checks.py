@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -71,3 +72,36 @@ def test_the_coco_metrics_name_their_extra(monkeypatch):
         cocoeval.run_cocoeval(
             [{"boxes": [], "scores": [], "labels": []}], [{"boxes": [], "labels": []}]
         )
+
+
+#: The packages of the extras (pyproject's optional-dependencies), blocked as if not installed.
+OPTIONAL_PACKAGES = ("onnx", "onnxruntime", "onnxscript", "pycocotools", "skimage")
+#: The modules that cannot be imported without their extra.
+NEED_AN_EXTRA = {"ssd_tutorial.export": "export", "ssd_tutorial.onnx_detect": "export"}
+
+IMPORT_EVERY_MODULE = """
+import importlib, json, pkgutil, sys
+for name in {blocked!r}:
+    sys.modules[name] = None
+import ssd_tutorial
+results = {{}}
+for info in pkgutil.walk_packages(ssd_tutorial.__path__, "ssd_tutorial."):
+    try:
+        importlib.import_module(info.name)
+        results[info.name] = None
+    except ImportError as error:
+        results[info.name] = str(error)
+print(json.dumps(results))
+"""
+
+
+def test_without_the_extras_every_module_imports_or_names_the_extra_it_needs():
+    code = IMPORT_EVERY_MODULE.format(blocked=OPTIONAL_PACKAGES)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    errors = json.loads(result.stdout)
+    assert {"ssd_tutorial.detector", "ssd_tutorial.evaluate", "ssd_tutorial.cli"} <= set(errors)
+    failed = {module: error for module, error in errors.items() if error is not None}
+    assert set(failed) == set(NEED_AN_EXTRA)
+    for module, extra in NEED_AN_EXTRA.items():
+        assert f"pip install ssd-tutorial[{extra}]" in failed[module]
