@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ssd_tutorial.anchors import AnchorConfig, box_shapes, default_boxes
-from ssd_tutorial.boxes import box_iou, center_to_corners
+from ssd_tutorial.boxes import IOU_THRESHOLD, box_iou, center_to_corners
 from ssd_tutorial.matching import match_indices
 
 
@@ -107,7 +107,7 @@ def mean_best_iou(gt_wh: Tensor, config: AnchorConfig) -> float:
 
 
 def match_quality(
-    gt_boxes: Sequence[Tensor], config: AnchorConfig, iou_threshold: float = 0.5
+    gt_boxes: Sequence[Tensor], config: AnchorConfig, iou_threshold: float = IOU_THRESHOLD
 ) -> dict[str, float]:
     """How well the real default boxes of ``config`` cover the objects, as matching sees them.
 

@@ -175,7 +175,13 @@ def config_from_scales(
     )
 
 
-def paper_scales(num_maps: int, s_min: float = 0.2, s_max: float = 0.9) -> tuple[float, ...]:
+#: The paper's smallest and largest scale, ``s_min`` and ``s_max`` of :func:`paper_scales`.
+PAPER_SCALE_RANGE: tuple[float, float] = (0.2, 0.9)
+
+
+def paper_scales(
+    num_maps: int, s_min: float = PAPER_SCALE_RANGE[0], s_max: float = PAPER_SCALE_RANGE[1]
+) -> tuple[float, ...]:
     """The paper's linear scales ``s_k = s_min + (s_max - s_min) (k - 1) / (m - 1)``.
 
     Returns ``m + 1`` values: the formula evaluated at ``k = 1 .. m + 1``, the last one only
@@ -191,8 +197,8 @@ def paper_config(
     image_size: int = 300,
     feature_maps: tuple[int, ...] = (38, 19, 10, 5, 3, 1),
     aspect_ratios: tuple[tuple[float, ...], ...] = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
-    s_min: float = 0.2,
-    s_max: float = 0.9,
+    s_min: float = PAPER_SCALE_RANGE[0],
+    s_max: float = PAPER_SCALE_RANGE[1],
 ) -> AnchorConfig:
     """SSD300's maps and ratios with scales from the paper's formula instead of hand-set sizes."""
     return config_from_scales(

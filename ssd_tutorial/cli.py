@@ -478,6 +478,8 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
 
 
 def _detect_options(p: argparse.ArgumentParser) -> None:
+    from ssd_tutorial.detector import DISPLAY_THRESHOLD
+
     p.add_argument("images", type=Path, nargs="+", help="image files (JPEG, PNG, ...)")
     weights = p.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", type=Path, help="a checkpoint written by train")
@@ -494,7 +496,10 @@ def _detect_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("runs/detect"), help="output directory")
     p.add_argument(
-        "--threshold", type=_score, default=0.3, help="minimum score to report (default: 0.3)"
+        "--threshold",
+        type=_score,
+        default=DISPLAY_THRESHOLD,
+        help=f"minimum score to report (default: {DISPLAY_THRESHOLD})",
     )
     p.add_argument("--device", help="cpu, cuda, mps (default: where the model loads)")
 

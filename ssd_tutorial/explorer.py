@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from ssd_tutorial import anchors
 from ssd_tutorial.boxes import IOU_THRESHOLD, decode
+from ssd_tutorial.loss import NEG_POS_RATIO, SMOOTH_L1_BETA
 from ssd_tutorial.matching import match_objects
 from ssd_tutorial.photos import LabelledPhoto, chelsea
 from ssd_tutorial.postprocess import CANDIDATES_PER_CLASS, CONF_THRESHOLD, NMS_THRESHOLD, TOP_K
@@ -313,7 +314,7 @@ def mining_data(
     label = matches.prior_labels()[0]
     log_prob = F.log_softmax(conf, dim=-1)
     _, prior, offsets = matches.positive_offsets(priors)
-    loc_loss = F.smooth_l1_loss(loc[prior], offsets, reduction="none", beta=1.0).sum(dim=1)
+    loc_loss = F.smooth_l1_loss(loc[prior], offsets, reduction="none", beta=SMOOTH_L1_BETA)
     return {
         "explorer": "mining",
         "config": config_json(model.config),
@@ -322,8 +323,8 @@ def mining_data(
         "background_loss": (-log_prob[:, 0]).tolist(),
         "label": label.tolist(),
         "class_loss": (-log_prob.gather(1, label[:, None])[:, 0]).tolist(),
-        "loc_loss": loc_loss.tolist(),
-        "neg_pos_ratio": 3,
+        "loc_loss": loc_loss.sum(dim=1).tolist(),
+        "neg_pos_ratio": NEG_POS_RATIO,
         "view": view,
     }
 

@@ -1,10 +1,14 @@
+import importlib
+import inspect
 import json
+import pkgutil
 import subprocess
 import sys
 
 import pytest
 import torch
 
+import ssd_tutorial
 from ssd_tutorial import cocoeval
 from ssd_tutorial.checks import (
     check_iou_threshold,
@@ -105,3 +109,33 @@ def test_without_the_extras_every_module_imports_or_names_the_extra_it_needs():
     assert set(failed) == set(NEED_AN_EXTRA)
     for module, extra in NEED_AN_EXTRA.items():
         assert f"pip install ssd-tutorial[{extra}]" in failed[module]
+
+
+def test_every_signature_has_the_packages_defaults():
+    from ssd_tutorial import boxes, loss, postprocess
+
+    expected = {
+        "variances": boxes.VARIANCES,
+        "iou_threshold": boxes.IOU_THRESHOLD,
+        "nms_threshold": postprocess.NMS_THRESHOLD,
+        "top_k": postprocess.TOP_K,
+        "candidates_per_class": postprocess.CANDIDATES_PER_CLASS,
+        "neg_pos_ratio": loss.NEG_POS_RATIO,
+    }
+    seen = dict.fromkeys(expected, 0)
+    for info in pkgutil.walk_packages(ssd_tutorial.__path__, "ssd_tutorial."):
+        module = importlib.import_module(info.name)
+        for _, value in inspect.getmembers(module, callable):
+            if getattr(value, "__module__", None) != info.name:
+                continue
+            target = value.__init__ if inspect.isclass(value) else value
+            try:
+                parameters = inspect.signature(target).parameters.values()
+            except (TypeError, ValueError):
+                continue
+            for parameter in parameters:
+                if parameter.name in expected and parameter.default is not parameter.empty:
+                    seen[parameter.name] += 1
+                    where = f"{info.name}.{value.__qualname__}({parameter.name})"
+                    assert parameter.default == expected[parameter.name], where
+    assert all(count >= 2 for count in seen.values()), seen  # the names are still in use
