@@ -41,10 +41,10 @@ from ssd_tutorial import anchors
 from ssd_tutorial.boxes import IOU_THRESHOLD, decode
 from ssd_tutorial.loss import NEG_POS_RATIO, SMOOTH_L1_BETA
 from ssd_tutorial.matching import match_objects
+from ssd_tutorial.model import eval_mode
 from ssd_tutorial.photos import LabelledPhoto, chelsea
 from ssd_tutorial.postprocess import CANDIDATES_PER_CLASS, CONF_THRESHOLD, NMS_THRESHOLD, TOP_K
 from ssd_tutorial.preprocess import denormalize
-from ssd_tutorial.profiling import eval_mode
 
 #: The script of each explorer, after the shared ``explorer_common.js``.
 SCRIPTS = {

@@ -180,7 +180,7 @@ def hard_negative_mask(
         )
     if positive_mask.dtype != torch.bool:
         raise ValueError(f"positive_mask must be a bool tensor, got {positive_mask.dtype}")
-    if not bool(torch.isfinite(background_loss).all()):
+    if non_finite_rows(background_loss) is not None:
         raise ValueError("background_loss must be finite, it contains NaN or inf")
     num_positive = positive_mask.sum(dim=1)
     num_hard = torch.minimum(

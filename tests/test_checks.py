@@ -13,6 +13,7 @@ from ssd_tutorial import cocoeval
 from ssd_tutorial.checks import (
     check_iou_threshold,
     check_num_classes,
+    class_names_with_background,
     describe,
     invalid_labels,
     non_finite_rows,
@@ -139,3 +140,10 @@ def test_every_signature_has_the_packages_defaults():
                     where = f"{info.name}.{value.__qualname__}({parameter.name})"
                     assert parameter.default == expected[parameter.name], where
     assert all(count >= 2 for count in seen.values()), seen  # the names are still in use
+
+
+def test_class_names_get_the_background_first_when_they_name_only_the_objects():
+    assert class_names_with_background(["cat", "dog"], 3) == ("background", "cat", "dog")
+    assert class_names_with_background(("bg", "cat", "dog"), 3) == ("bg", "cat", "dog")
+    with pytest.raises(ValueError, match=r"model's 3 classes .* or its 2 object classes, got 4"):
+        class_names_with_background(["a", "b", "c", "d"], 3)
