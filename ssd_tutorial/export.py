@@ -22,6 +22,10 @@ alone, from ``loc`` and ``conf``. ``metadata_props`` says which kind a file is (
 The export uses ``torch.onnx.export(..., dynamo=True)``, the ``torch.export``-based exporter
 (the default since torch 2.9; the TorchScript one is deprecated). It writes ONNX operator sets
 from 18 on: asked for an older one it keeps 18, so :func:`export_onnx` refuses those.
+
+The module is a little longer than the package's others because writing a file and running it
+(:class:`OnnxSSD`) share the metadata that describes it, and stay together for that; the nodes
+of the post-processing graph are in :mod:`ssd_tutorial.onnx_detect`.
 """
 
 from __future__ import annotations
