@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -127,6 +128,17 @@ def test_bad_arguments_are_clear_errors(tmp_path, args, message):
     result = run_cli(*args, "--out", str(tmp_path / "out"))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert message in result.stderr
+
+
+@pytest.mark.slow
+def test_a_diverging_run_exits_naming_the_step(tmp_path):
+    # AdamW at a rate of 1e8 sends the predictions to inf within a few steps.
+    args = ("--train-size", "40", "--no-eval", "--epochs", "1", "--lr", "1e8")
+    result = run_cli("train", *SMALL_RUN, *args, "--out", str(tmp_path / "out"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert re.search(r"error: non-finite (loss|predictions) at step \d+ \(epoch 1\)", result.stderr)
+    assert "lower the learning rate" in result.stderr
+    assert not (tmp_path / "out" / "last.pt").exists()
 
 
 def test_missing_files_are_clear_errors(tmp_path):
