@@ -22,10 +22,10 @@ from functools import partial
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from ssd_tutorial.anchors import SSD_TINY, AnchorConfig, default_boxes
 from ssd_tutorial.backbones import TINY_STAGES, tiny_features
+from ssd_tutorial.data.loading import make_loader
 from ssd_tutorial.data.sizes import LARGE_AREA, SMALL_AREA
 from ssd_tutorial.data.transforms import collate
 from ssd_tutorial.evaluate import ap_by_size, predict, voc_map
@@ -153,7 +153,7 @@ def evaluate_variant(
         number of objects in each bucket).
     """
     images = shapes_data(split, num_images, augment=False, size=model.config.image_size)
-    loader = DataLoader(images, batch_size=batch_size, collate_fn=collate)
+    loader = make_loader(images, batch_size, workers=0)
     detections, targets = predict(model, loader, progress=False)
     num_classes = model.num_classes
     metrics = {"map": voc_map(detections, targets, num_classes=num_classes).map}

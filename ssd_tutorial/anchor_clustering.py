@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from ssd_tutorial.anchors import AnchorConfig, box_shapes, default_boxes
-from ssd_tutorial.boxes import box_iou, center_to_corners
+from ssd_tutorial.boxes import IOU_THRESHOLD, box_iou, center_to_corners
+from ssd_tutorial.checks import describe, non_finite_rows
 from ssd_tutorial.matching import match_indices
 
 
@@ -107,7 +108,7 @@ def mean_best_iou(gt_wh: Tensor, config: AnchorConfig) -> float:
 
 
 def match_quality(
-    gt_boxes: Sequence[Tensor], config: AnchorConfig, iou_threshold: float = 0.5
+    gt_boxes: Sequence[Tensor], config: AnchorConfig, iou_threshold: float = IOU_THRESHOLD
 ) -> dict[str, float]:
     """How well the real default boxes of ``config`` cover the objects, as matching sees them.
 
@@ -220,10 +221,9 @@ def _clusters_per_map(gt_wh: Tensor, base: AnchorConfig, seed: int) -> list[Tens
 
 def _check_shapes(wh: Tensor, name: str) -> Tensor:
     if not isinstance(wh, Tensor) or wh.ndim != 2 or wh.shape[1] != 2 or len(wh) == 0:
-        shape = list(wh.shape) if isinstance(wh, Tensor) else type(wh).__name__
-        raise ValueError(f"{name} must be a non-empty Tensor[N, 2] of (w, h), got {shape}")
+        raise ValueError(f"{name} must be a non-empty Tensor[N, 2] of (w, h), got {describe(wh)}")
     wh = wh.to(torch.float64)
-    if not bool(torch.isfinite(wh).all() & (wh > 0).all()):
+    if non_finite_rows(wh) is not None or not bool((wh > 0).all()):
         raise ValueError(f"{name} must hold finite, positive widths and heights")
     return wh
 

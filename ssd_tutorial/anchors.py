@@ -18,9 +18,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+
+class FeatureMap(NamedTuple):
+    """One prediction map of an :class:`AnchorConfig`: its entries of the config's lists."""
+
+    size: int
+    step: float
+    min_size: float
+    max_size: float
+    aspect_ratios: tuple[float, ...]
+    boxes_per_cell: int
+    shapes: tuple[tuple[float, float], ...]
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,23 @@ class AnchorConfig:
         return tuple(2 + 2 * len(ratios) for ratios in self.aspect_ratios)
 
     @property
+    def maps(self) -> tuple[FeatureMap, ...]:
+        """The config map by map, largest first (``shapes`` is ``()`` without explicit shapes)."""
+        shapes = self.shapes or ((),) * len(self.feature_maps)
+        return tuple(
+            FeatureMap(*fields)
+            for fields in zip(
+                self.feature_maps,
+                self.steps,
+                self.min_sizes,
+                self.max_sizes,
+                self.aspect_ratios,
+                self.boxes_per_cell,
+                shapes,
+            )
+        )
+
+    @property
     def num_boxes(self) -> int:
         """Total number of default boxes ``P``."""
         return sum(f * f * k for f, k in zip(self.feature_maps, self.boxes_per_cell))
@@ -145,7 +175,13 @@ def config_from_scales(
     )
 
 
-def paper_scales(num_maps: int, s_min: float = 0.2, s_max: float = 0.9) -> tuple[float, ...]:
+#: The paper's smallest and largest scale, ``s_min`` and ``s_max`` of :func:`paper_scales`.
+PAPER_SCALE_RANGE: tuple[float, float] = (0.2, 0.9)
+
+
+def paper_scales(
+    num_maps: int, s_min: float = PAPER_SCALE_RANGE[0], s_max: float = PAPER_SCALE_RANGE[1]
+) -> tuple[float, ...]:
     """The paper's linear scales ``s_k = s_min + (s_max - s_min) (k - 1) / (m - 1)``.
 
     Returns ``m + 1`` values: the formula evaluated at ``k = 1 .. m + 1``, the last one only
@@ -161,8 +197,8 @@ def paper_config(
     image_size: int = 300,
     feature_maps: tuple[int, ...] = (38, 19, 10, 5, 3, 1),
     aspect_ratios: tuple[tuple[float, ...], ...] = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
-    s_min: float = 0.2,
-    s_max: float = 0.9,
+    s_min: float = PAPER_SCALE_RANGE[0],
+    s_max: float = PAPER_SCALE_RANGE[1],
 ) -> AnchorConfig:
     """SSD300's maps and ratios with scales from the paper's formula instead of hand-set sizes."""
     return config_from_scales(
@@ -259,30 +295,21 @@ def box_shapes(config: AnchorConfig) -> list[Tensor]:
 def anchor_table(config: AnchorConfig) -> list[dict[str, float | int | str]]:
     """One row per feature map: size, step, scales, ratios and box counts (for the book and CLI)."""
     rows = []
-    for k, (f, step, lo, hi, ratios, per_cell) in enumerate(
-        zip(
-            config.feature_maps,
-            config.steps,
-            config.min_sizes,
-            config.max_sizes,
-            config.aspect_ratios,
-            config.boxes_per_cell,
-        )
-    ):
+    for k, m in enumerate(config.maps):
         rows.append(
             {
                 "map": k,
-                "size": f"{f}x{f}",
-                "step": step,
-                "s_k": lo / config.image_size,
-                "s'_k": math.sqrt(lo * hi) / config.image_size,
+                "size": f"{m.size}x{m.size}",
+                "step": m.step,
+                "s_k": m.min_size / config.image_size,
+                "s'_k": math.sqrt(m.min_size * m.max_size) / config.image_size,
                 "aspect ratios": (
-                    ", ".join(f"{w / h:.2g}" for w, h in config.shapes[k])
-                    if config.shapes
-                    else ", ".join(["1", *(f"{r:g}, 1/{r:g}" for r in ratios)])
+                    ", ".join(f"{w / h:.2g}" for w, h in m.shapes)
+                    if m.shapes
+                    else ", ".join(["1", *(f"{r:g}, 1/{r:g}" for r in m.aspect_ratios)])
                 ),
-                "boxes per cell": per_cell,
-                "boxes": f * f * per_cell,
+                "boxes per cell": m.boxes_per_cell,
+                "boxes": m.size * m.size * m.boxes_per_cell,
             }
         )
     return rows

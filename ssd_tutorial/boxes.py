@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ssd_tutorial.checks import non_finite_rows
+
 #: Scale factors of the offset encoding: 0.1 for the centre, 0.2 for the size, as in the
 #: reference implementation (they make the regression targets roughly unit variance).
 VARIANCES: tuple[float, float] = (0.1, 0.2)
@@ -38,7 +40,7 @@ def check_boxes(boxes: Tensor, name: str = "boxes") -> None:
         )
     if not boxes.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {boxes.dtype}")
-    if not bool(torch.isfinite(boxes).all()):
+    if non_finite_rows(boxes) is not None:
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
     inverted = (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
     if bool(inverted.any()):

@@ -10,6 +10,7 @@ import of an optional dependency (:func:`require_extra`), which names the packag
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -32,6 +33,23 @@ def check_iou_threshold(iou_threshold: float) -> None:
     """Raise unless the IoU a match needs is in ``(0, 1]`` (0 would match everything)."""
     if not 0 < iou_threshold <= 1:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+
+
+def class_names_with_background(class_names: Sequence[str], num_classes: int) -> tuple[str, ...]:
+    """The names of labels ``0..C-1``: ``class_names`` as they are, or with ``"background"``
+    put first when they name only the ``C - 1`` object classes.
+
+    Raises:
+        ValueError: if there are neither ``C`` nor ``C - 1`` names.
+    """
+    if len(class_names) == num_classes - 1:
+        class_names = ("background", *class_names)
+    if len(class_names) != num_classes:
+        raise ValueError(
+            f"class_names must name the model's {num_classes} classes (background first) or "
+            f"its {num_classes - 1} object classes, got {len(class_names)} names"
+        )
+    return tuple(class_names)
 
 
 def invalid_labels(labels: Tensor, num_classes: int | None) -> Tensor:

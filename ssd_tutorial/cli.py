@@ -6,10 +6,11 @@
 * ``export``: a checkpoint's model as an ONNX file, to run with onnxruntime.
 * ``anchors``: the default-box table of a configuration.
 
-One function per command runs it (``_train_command``, ...) and one adds its options
-(``_add_train_command``, ...). The module is longer than the package's others because a
-command line is mostly option definitions and their help; it imports the heavy modules inside
-each command, so that ``--help`` is fast and inference never loads the trainer.
+One function per command runs it (``_train_command``, ...), one adds its options
+(``_train_options``, ...), and ``_COMMANDS`` lists them with their help. The module is longer
+than the package's others because a command line is mostly option definitions and their help;
+it imports the heavy modules inside each command, so that ``--help`` is fast and inference
+never loads the trainer.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from ssd_tutorial import anchors
 
@@ -42,7 +44,7 @@ def _train(args: argparse.Namespace, device) -> int:
     import torch
 
     from ssd_tutorial import distributed
-    from ssd_tutorial.data.transforms import train_transforms
+    from ssd_tutorial.data.loading import train_pipeline
     from ssd_tutorial.evaluate import evaluate_model
     from ssd_tutorial.model import build_ssd
     from ssd_tutorial.train import PRESETS, TrainConfig, Trainer
@@ -72,7 +74,8 @@ def _train(args: argparse.Namespace, device) -> int:
     torch.manual_seed(args.seed)
     size = _model_image_size(args.model)
     train_split, _ = _splits(args)
-    train_data = _open(args, train_split, train_transforms(size), args.train_size, size)
+    pipeline = train_pipeline(size)  # all of SSD's augmentations
+    train_data = _open(args, train_split, pipeline.transforms, args.train_size, size)
     class_names = train_data.class_names
     model = build_ssd(args.model, len(class_names), pretrained_base=args.pretrained_base)
     model.channels_last = args.channels_last
@@ -95,7 +98,9 @@ def _train(args: argparse.Namespace, device) -> int:
         evaluate = lambda m: evaluate_model(  # noqa: E731
             m, val_loader, class_names=class_names, progress=not args.quiet
         )
-    train_loader = _loader(train_data, args, trainer.device, shuffle=True, shard=True)
+    train_loader = _loader(
+        train_data, args, trainer.device, shuffle=True, shard=True, collate_fn=pipeline.collate_fn
+    )
     history = trainer.fit(train_loader, evaluate)
     last = [row for row in history if "map" in row]
     if last:
@@ -304,36 +309,30 @@ def _eval_loader(args: argparse.Namespace, size: int, device, classes: str | Non
     return _loader(dataset, args, device)
 
 
-def _loader(dataset, args: argparse.Namespace, device, shuffle: bool = False, shard: bool = False):
-    """Batches of ``--batch-size`` images; with ``shard``, under several processes, this
-    process's equal part of each global batch (a ``DistributedSampler`` over ``dataset``).
+def _loader(
+    dataset,
+    args: argparse.Namespace,
+    device,
+    shuffle: bool = False,
+    shard: bool = False,
+    collate_fn: Callable | None = None,
+):
+    """Batches of ``--batch-size`` images (:func:`~ssd_tutorial.data.loading.make_loader`, with
+    the loading options given); with ``shard``, under several processes, this process's equal
+    part of each global batch."""
+    from ssd_tutorial.data.loading import make_loader
 
-    Defaults that keep a GPU fed, each overridable: workers from the cores per process, pinned
-    memory for CUDA copies, workers kept alive between epochs.
-    """
-    from torch.utils.data import DataLoader, DistributedSampler
-
-    from ssd_tutorial import distributed
-    from ssd_tutorial.data.transforms import collate
-
-    processes = distributed.world_size()
-    sampler = None
-    if shard and processes > 1:
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=args.seed)
-    workers = (
-        args.workers if args.workers is not None else distributed.default_num_workers(processes)
-    )
-    pin_memory = args.pin_memory if args.pin_memory is not None else device.type == "cuda"
-    persistent = args.persistent_workers if args.persistent_workers is not None else workers > 0
-    return DataLoader(
+    return make_loader(
         dataset,
-        batch_size=distributed.local_batch_size(args.batch_size, processes if sampler else 1),
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
-        collate_fn=collate,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        persistent_workers=persistent,
+        args.batch_size,
+        shuffle=shuffle,
+        shard=shard,
+        seed=args.seed,
+        collate_fn=collate_fn,
+        device=device,
+        workers=args.workers,
+        pin_memory=args.pin_memory,
+        persistent_workers=args.persistent_workers,
     )
 
 
@@ -417,30 +416,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ssd-tutorial", description="Train, evaluate and run SSD detectors."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for add_command in (
-        _add_train_command,
-        _add_evaluate_command,
-        _add_detect_command,
-        _add_export_command,
-        _add_anchors_command,
-    ):
-        add_command(commands)
+    for name, command in _COMMANDS.items():
+        p = commands.add_parser(name, help=command.help, description=command.description)
+        command.add_options(p)
+        p.set_defaults(run=command.run)
     return parser
 
 
-def _add_train_command(commands) -> None:
+def _train_options(p: argparse.ArgumentParser) -> None:
     from ssd_tutorial.model import ARCHITECTURES
     from ssd_tutorial.train import PRESETS
 
-    p = commands.add_parser(
-        "train",
-        help="train an SSD",
-        description="Train an SSD; writes train.csv, eval.csv and last.pt to --out. On several "
-        "GPUs, launch it with PyTorch's torchrun: torchrun --nproc_per_node=8 -m "
-        "ssd_tutorial.cli train ... (one process per GPU, NCCL; with --device cpu, CPU "
-        "processes and Gloo). --batch-size is then the global batch; rank 0 logs, evaluates "
-        "and writes the checkpoints.",
-    )
     p.add_argument("--model", choices=sorted(ARCHITECTURES), default="ssd_tiny")
     _add_data_arguments(p, train=True)
     p.add_argument("--out", type=Path, default=Path("runs/ssd"), help="output directory")
@@ -483,24 +469,17 @@ def _add_train_command(commands) -> None:
     p.add_argument("--pretrained-base", action="store_true", help="ImageNet VGG-16 weights")
     p.add_argument("--log-every", type=int, default=10, help="steps between CSV rows")
     p.add_argument("--no-eval", action="store_true", help="no evaluation after each epoch")
-    p.set_defaults(run=_train_command)
 
 
-def _add_evaluate_command(commands) -> None:
-    p = commands.add_parser("evaluate", help="VOC mAP of a checkpoint on a dataset split")
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="a checkpoint written by train (last.pt)")
     _add_data_arguments(p, train=False)
     p.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
-    p.set_defaults(run=_evaluate_command)
 
 
-def _add_detect_command(commands) -> None:
-    p = commands.add_parser(
-        "detect",
-        help="detect objects in image files",
-        description="Draw the detections on each image (OUT/NAME.png) and write every box, in "
-        "pixels of the original image, to OUT/detections.json.",
-    )
+def _detect_options(p: argparse.ArgumentParser) -> None:
+    from ssd_tutorial.detector import DISPLAY_THRESHOLD
+
     p.add_argument("images", type=Path, nargs="+", help="image files (JPEG, PNG, ...)")
     weights = p.add_mutually_exclusive_group(required=True)
     weights.add_argument("--checkpoint", type=Path, help="a checkpoint written by train")
@@ -517,20 +496,15 @@ def _add_detect_command(commands) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("runs/detect"), help="output directory")
     p.add_argument(
-        "--threshold", type=_score, default=0.3, help="minimum score to report (default: 0.3)"
+        "--threshold",
+        type=_score,
+        default=DISPLAY_THRESHOLD,
+        help=f"minimum score to report (default: {DISPLAY_THRESHOLD})",
     )
     p.add_argument("--device", help="cpu, cuda, mps (default: where the model loads)")
-    p.set_defaults(run=_detect_command)
 
 
-def _add_export_command(commands) -> None:
-    p = commands.add_parser(
-        "export",
-        help="write a checkpoint's model to an ONNX file",
-        description="Write the network of a checkpoint to ONNX (dynamic batch axis; "
-        "post-processing left out unless --with-postprocess) with its class names, input size, "
-        "normalisation and default boxes in the file's metadata; run it with `detect --onnx`.",
-    )
+def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by train")
     p.add_argument(
         "--output", type=Path, help="the ONNX file (default: the checkpoint's path, .onnx)"
@@ -543,18 +517,64 @@ def _add_export_command(commands) -> None:
         "threshold, NMS and top-k with the defaults of ssd_tutorial.postprocess.detect), "
         "instead of the network's loc and conf",
     )
-    p.set_defaults(run=_export_command)
 
 
-def _add_anchors_command(commands) -> None:
-    p = commands.add_parser("anchors", help="print the default-box table of a config")
+def _anchors_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         choices=sorted(anchors.CONFIGS),
         default="SSD300",
         help="named default-box configuration (default: SSD300)",
     )
-    p.set_defaults(run=_anchors_command)
+
+
+class _Command(NamedTuple):
+    """A sub-command: what runs it, what adds its options, and its help texts."""
+
+    run: Callable[[argparse.Namespace], int]
+    add_options: Callable[[argparse.ArgumentParser], None]
+    help: str
+    description: str | None = None
+
+
+#: The sub-commands, in the order of ``--help``.
+_COMMANDS: dict[str, _Command] = {
+    "train": _Command(
+        _train_command,
+        _train_options,
+        help="train an SSD",
+        description="Train an SSD; writes train.csv, eval.csv and last.pt to --out. On several "
+        "GPUs, launch it with PyTorch's torchrun: torchrun --nproc_per_node=8 -m "
+        "ssd_tutorial.cli train ... (one process per GPU, NCCL; with --device cpu, CPU "
+        "processes and Gloo). --batch-size is then the global batch; rank 0 logs, evaluates "
+        "and writes the checkpoints.",
+    ),
+    "evaluate": _Command(
+        _evaluate_command,
+        _evaluate_options,
+        help="VOC mAP of a checkpoint on a dataset split",
+    ),
+    "detect": _Command(
+        _detect_command,
+        _detect_options,
+        help="detect objects in image files",
+        description="Draw the detections on each image (OUT/NAME.png) and write every box, in "
+        "pixels of the original image, to OUT/detections.json.",
+    ),
+    "export": _Command(
+        _export_command,
+        _export_options,
+        help="write a checkpoint's model to an ONNX file",
+        description="Write the network of a checkpoint to ONNX (dynamic batch axis; "
+        "post-processing left out unless --with-postprocess) with its class names, input size, "
+        "normalisation and default boxes in the file's metadata; run it with `detect --onnx`.",
+    ),
+    "anchors": _Command(
+        _anchors_command,
+        _anchors_options,
+        help="print the default-box table of a config",
+    ),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,8 +20,8 @@ relative boxes scaled by ``W`` horizontally and ``H`` vertically.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from ssd_tutorial.anchors import default_boxes
+from ssd_tutorial.checks import class_names_with_background
 from ssd_tutorial.data.files import read_image
+from ssd_tutorial.model import eval_mode
 from ssd_tutorial.postprocess import NMS_THRESHOLD, TOP_K, Detections, check_options, detect
 from ssd_tutorial.preprocess import preprocess
 
@@ -112,16 +114,8 @@ class Detector:
         nms_threshold: float = NMS_THRESHOLD,
         top_k: int = TOP_K,
     ) -> None:
-        num_classes = model.num_classes
-        if len(class_names) == num_classes - 1:
-            class_names = ("background", *class_names)
-        if len(class_names) != num_classes:
-            raise ValueError(
-                f"class_names must name the model's {num_classes} classes (background first) or "
-                f"its {num_classes - 1} object classes, got {len(class_names)} names"
-            )
         self.model = model
-        self.class_names = tuple(class_names)
+        self.class_names = class_names_with_background(class_names, model.num_classes)
         self.device = _place(model, device)
         self.conf_threshold = conf_threshold
         self.nms_threshold = nms_threshold
@@ -266,18 +260,9 @@ def _check_within(
         )
 
 
-@contextmanager
-def _eval_mode(model: nn.Module | OnnxSSD) -> Iterator[None]:
-    """Run a PyTorch model in eval mode and restore its mode after; an ONNX graph has none."""
-    if not isinstance(model, nn.Module):
-        yield
-        return
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
+def _eval_mode(model: nn.Module | OnnxSSD) -> AbstractContextManager:
+    """A PyTorch model in eval mode, its mode restored after; an ONNX graph has no mode."""
+    return eval_mode(model) if isinstance(model, nn.Module) else nullcontext()
 
 
 def _is_batch(images: Any) -> bool:

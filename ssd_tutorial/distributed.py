@@ -130,23 +130,6 @@ def local_batch_size(global_batch_size: int, num_processes: int) -> int:
     return global_batch_size // num_processes
 
 
-def default_num_workers(num_processes: int, cpu_count: int | None = None) -> int:
-    """Data-loading workers per training process: the machine's cores shared out, at most 8.
-
-    Decoding and augmenting images is what starves a GPU; 8 workers keep one busy at SSD300's
-    input size, and more processes per machine leave fewer cores to each.
-    """
-    cpus = cpu_count if cpu_count is not None else _available_cpus()
-    return min(8, cpus // num_processes)
-
-
-def _available_cpus() -> int:
-    """The cores this process may run on (a container or ``taskset`` may allow fewer)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def _process_device(device: str | torch.device | None, local_rank: int) -> torch.device:
     """This process's device under ``torchrun``: GPU ``local_rank`` or the CPU."""
     requested = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -39,11 +39,12 @@ from torch import Tensor, nn
 
 from ssd_tutorial import anchors
 from ssd_tutorial.boxes import IOU_THRESHOLD, decode
+from ssd_tutorial.loss import NEG_POS_RATIO, SMOOTH_L1_BETA
 from ssd_tutorial.matching import match_objects
+from ssd_tutorial.model import eval_mode
 from ssd_tutorial.photos import LabelledPhoto, chelsea
 from ssd_tutorial.postprocess import CANDIDATES_PER_CLASS, CONF_THRESHOLD, NMS_THRESHOLD, TOP_K
 from ssd_tutorial.preprocess import denormalize
-from ssd_tutorial.profiling import eval_mode
 
 #: The script of each explorer, after the shared ``explorer_common.js``.
 SCRIPTS = {
@@ -181,25 +182,17 @@ def config_json(config: anchors.AnchorConfig) -> dict:
     """A config as the explorers' scripts read it: one entry per map, explicit shapes kept."""
     names = _known_source_names().get(config.feature_maps, ())
     maps = []
-    for k, (size, step, lo, hi, ratios) in enumerate(
-        zip(
-            config.feature_maps,
-            config.steps,
-            config.min_sizes,
-            config.max_sizes,
-            config.aspect_ratios,
-        )
-    ):
+    for k, m in enumerate(config.maps):
         entry = {
-            "size": size,
-            "step": step,
-            "min_size": lo,
-            "max_size": hi,
-            "ratios": list(ratios),
+            "size": m.size,
+            "step": m.step,
+            "min_size": m.min_size,
+            "max_size": m.max_size,
+            "ratios": list(m.aspect_ratios),
             "source": names[k] if names else f"map {k}",
         }
-        if config.shapes:
-            entry["shapes"] = [list(wh) for wh in config.shapes[k]]
+        if m.shapes:
+            entry["shapes"] = [list(wh) for wh in m.shapes]
         maps.append(entry)
     return {"image_size": config.image_size, "clip": config.clip, "maps": maps}
 
@@ -321,7 +314,7 @@ def mining_data(
     label = matches.prior_labels()[0]
     log_prob = F.log_softmax(conf, dim=-1)
     _, prior, offsets = matches.positive_offsets(priors)
-    loc_loss = F.smooth_l1_loss(loc[prior], offsets, reduction="none", beta=1.0).sum(dim=1)
+    loc_loss = F.smooth_l1_loss(loc[prior], offsets, reduction="none", beta=SMOOTH_L1_BETA)
     return {
         "explorer": "mining",
         "config": config_json(model.config),
@@ -330,8 +323,8 @@ def mining_data(
         "background_loss": (-log_prob[:, 0]).tolist(),
         "label": label.tolist(),
         "class_loss": (-log_prob.gather(1, label[:, None])[:, 0]).tolist(),
-        "loc_loss": loc_loss.tolist(),
-        "neg_pos_ratio": 3,
+        "loc_loss": loc_loss.sum(dim=1).tolist(),
+        "neg_pos_ratio": NEG_POS_RATIO,
         "view": view,
     }
 

@@ -22,6 +22,10 @@ alone, from ``loc`` and ``conf``. ``metadata_props`` says which kind a file is (
 The export uses ``torch.onnx.export(..., dynamo=True)``, the ``torch.export``-based exporter
 (the default since torch 2.9; the TorchScript one is deprecated). It writes ONNX operator sets
 from 18 on: asked for an older one it keeps 18, so :func:`export_onnx` refuses those.
+
+The module is a little longer than the package's others because writing a file and running it
+(:class:`OnnxSSD`) share the metadata that describes it, and stay together for that; the nodes
+of the post-processing graph are in :mod:`ssd_tutorial.onnx_detect`.
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from ssd_tutorial.anchors import AnchorConfig, default_boxes
-from ssd_tutorial.checks import require_extra
-from ssd_tutorial.model import SSD, check_images
+from ssd_tutorial.checks import class_names_with_background, require_extra
+from ssd_tutorial.model import SSD, check_images, eval_mode
 from ssd_tutorial.onnx_detect import (
     DECODED_OUTPUTS,
     DETECTION_OUTPUTS,
@@ -48,7 +52,6 @@ from ssd_tutorial.onnx_detect import (
     append_detection_nodes,
 )
 from ssd_tutorial.postprocess import Detections
-from ssd_tutorial.profiling import eval_mode
 
 onnx = require_extra("onnx", "export")
 onnxruntime = require_extra("onnxruntime", "export")
@@ -296,15 +299,7 @@ def _full_class_names(class_names: Sequence[str] | None, num_classes: int) -> li
     """Names of labels ``0..C-1``: the background is prepended to ``C - 1`` object names."""
     if class_names is None:
         return [f"class {label}" for label in range(num_classes)]
-    names = list(class_names)
-    if len(names) == num_classes - 1:
-        names.insert(0, "background")
-    if len(names) != num_classes:
-        raise ValueError(
-            f"class_names must name the model's {num_classes} classes (background first) or its "
-            f"{num_classes - 1} object classes, got {len(names)} names"
-        )
-    return names
+    return list(class_names_with_background(class_names, num_classes))
 
 
 def _metadata(

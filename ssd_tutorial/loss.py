@@ -51,6 +51,11 @@ from ssd_tutorial.boxes import IOU_THRESHOLD, VARIANCES
 from ssd_tutorial.checks import check_num_classes, describe, non_finite_rows
 from ssd_tutorial.matching import match_objects
 
+#: Hard negatives kept per positive (the paper's 3:1).
+NEG_POS_RATIO: float = 3
+#: ``beta`` of the Smooth L1 localisation loss: quadratic below 1, linear above.
+SMOOTH_L1_BETA: float = 1.0
+
 
 class NonFinitePredictionError(ValueError):
     """The network predicted NaN or inf (usually a diverging run, not bad data)."""
@@ -84,7 +89,7 @@ class MultiBoxLoss(nn.Module):
 
     def __init__(
         self,
-        neg_pos_ratio: float = 3,
+        neg_pos_ratio: float = NEG_POS_RATIO,
         alpha: float = 1.0,
         variances: tuple[float, float] = VARIANCES,
         iou_threshold: float = IOU_THRESHOLD,
@@ -140,7 +145,7 @@ class MultiBoxLoss(nn.Module):
 
             image, prior, target_offsets = matches.positive_offsets(priors, self.variances)
             localization = F.smooth_l1_loss(
-                loc[image, prior], target_offsets.float(), reduction="sum", beta=1.0
+                loc[image, prior], target_offsets.float(), reduction="sum", beta=SMOOTH_L1_BETA
             )
 
         num_positives = len(image)
@@ -152,7 +157,7 @@ class MultiBoxLoss(nn.Module):
 
 
 def hard_negative_mask(
-    background_loss: Tensor, positive_mask: Tensor, neg_pos_ratio: float = 3
+    background_loss: Tensor, positive_mask: Tensor, neg_pos_ratio: float = NEG_POS_RATIO
 ) -> Tensor:
     """The hard negatives: per image, the negatives with the highest background loss.
 
@@ -175,7 +180,7 @@ def hard_negative_mask(
         )
     if positive_mask.dtype != torch.bool:
         raise ValueError(f"positive_mask must be a bool tensor, got {positive_mask.dtype}")
-    if not bool(torch.isfinite(background_loss).all()):
+    if non_finite_rows(background_loss) is not None:
         raise ValueError("background_loss must be finite, it contains NaN or inf")
     num_positive = positive_mask.sum(dim=1)
     num_hard = torch.minimum(

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ssd_tutorial.boxes import IOU_THRESHOLD, VARIANCES, center_to_corners, encode
-from ssd_tutorial.checks import check_iou_threshold, describe, invalid_labels
+from ssd_tutorial.checks import check_iou_threshold, describe, invalid_labels, non_finite_rows
 
 
 class Matches(NamedTuple):
@@ -284,8 +284,11 @@ def _concatenate_boxes(gt_boxes: Sequence[Tensor], priors: Tensor) -> tuple[Tens
 def _check_box_values(boxes: Tensor, first_object: Tensor) -> None:
     """One batched check of all boxes; on failure, name the first bad box and why."""
     x1, y1, x2, y2 = boxes.T
+    non_finite = non_finite_rows(boxes)
+    if non_finite is None:
+        non_finite = torch.zeros_like(x1, dtype=torch.bool)
     problems = {
-        "is not finite": ~torch.isfinite(boxes).all(dim=1),
+        "is not finite": non_finite,
         "lies outside the image [0, 1] (relative corner form expected)": (
             (boxes < 0) | (boxes > 1)
         ).any(dim=1),

@@ -22,7 +22,8 @@ with the other weight loaders, and are importable from here, where chapter 4 cal
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -47,6 +48,7 @@ from ssd_tutorial.backbones import (
     tiny_features,
     vgg16_features,
 )
+from ssd_tutorial.checks import check_num_classes
 from ssd_tutorial.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from ssd_tutorial.weights import (
     from_torchvision,
@@ -67,6 +69,7 @@ __all__ = [
     "check_images",
     "config_for_size",
     "count_parameters",
+    "eval_mode",
     "from_torchvision",
     "load_torchvision_coco",
     "to_torchvision",
@@ -170,8 +173,7 @@ class SSD(nn.Module):
         channels_last: bool = True,
     ) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes counts the background too, so >= 2, got {num_classes}")
+        check_num_classes(num_classes, "num_classes")
         if len(base.out_channels) != len(config.feature_maps):
             raise ValueError(
                 f"the base gives {len(base.out_channels)} source maps but config {config.name!r} "
@@ -324,16 +326,20 @@ def config_for_size(base: nn.Module, template: AnchorConfig, image_size: int) ->
     """
     if image_size <= 0:
         raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
-    was_training = base.training
-    base.eval()
-    try:
-        with torch.no_grad():
-            parameter = next(base.parameters())
-            blank = parameter.new_zeros(1, 3, image_size, image_size)
-            sizes = tuple(source.shape[-1] for source in base(blank))
-    finally:
-        base.train(was_training)
+    with eval_mode(base), torch.no_grad():
+        blank = next(base.parameters()).new_zeros(1, 3, image_size, image_size)
+        sizes = tuple(source.shape[-1] for source in base(blank))
     return resized_config(template, image_size, sizes)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the block with ``model`` in eval mode, then restore its former mode."""
+    was_training = model.training
+    try:
+        yield model.eval()
+    finally:
+        model.train(was_training)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +35,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ssd_tutorial.anchors import default_boxes
-from ssd_tutorial.model import SSD, count_parameters
+from ssd_tutorial.model import SSD, count_parameters, eval_mode
 from ssd_tutorial.postprocess import detect
 
 #: The stages :func:`profile_stages` times, in the order of the pass.
@@ -208,13 +207,3 @@ def time_ms(step: Callable[[], object], device: torch.device) -> float:
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run the block with ``model`` in eval mode, then restore its former mode."""
-    was_training = model.training
-    try:
-        yield model.eval()
-    finally:
-        model.train(was_training)

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ssd_tutorial.model import SSD
-from ssd_tutorial.profiling import eval_mode
+from ssd_tutorial.model import SSD, eval_mode
 
 _WINDOWED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 

@@ -41,14 +41,10 @@ from torch.utils.data import DataLoader, RandomSampler
 from ssd_tutorial import quick_mode
 from ssd_tutorial.checkpoint import load_checkpoint
 from ssd_tutorial.data.catalog import open_dataset
+from ssd_tutorial.data.loading import make_loader, train_pipeline
 from ssd_tutorial.data.pool import ImagePool
 from ssd_tutorial.data.shapes import CLASS_NAMES, SyntheticShapes
-from ssd_tutorial.data.transforms import (
-    collate,
-    collate_flipped,
-    eval_transforms,
-    train_transforms,
-)
+from ssd_tutorial.data.transforms import eval_transforms, train_transforms
 from ssd_tutorial.evaluate import evaluate_model
 from ssd_tutorial.model import SSD, build_ssd
 from ssd_tutorial.train import PRESETS, TrainConfig, Trainer
@@ -91,8 +87,9 @@ def training_loader(
 ) -> DataLoader:
     """The batches of one epoch of :func:`shapes_model`'s training: :data:`STEPS_PER_EPOCH`
     batches of :data:`BATCH_SIZE`, drawn without repetition from a pool of ``pool_images``
-    training images of ``size`` px (rendered once per process and size) and augmented as
-    they are read, in this process (no worker).
+    training images of ``size`` px (rendered once per process and size; a pool smaller than an
+    epoch is gone through several times, each in a new order) and augmented as they are read,
+    in this process (no worker).
 
     Args:
         size: image side in pixels (the model's input size).
@@ -102,18 +99,12 @@ def training_loader(
     """
     if augmentations is None:
         augmentations = SHORT_RUN_AUGMENTATIONS
-    rendered = _rendered_pool(size, pool_images)
-    if any(augmentations.get(step, True) for step in ("photometric", "zoom_out", "iou_crop")):
-        pool = ImagePool.with_transforms(rendered, train_transforms(size, **augmentations))
-        collate_fn = collate
-    else:
-        # Flips alone are done on the whole batch at once, a third of the per-image pipeline's
-        # cost (see collate_flipped).
-        pool = ImagePool.with_transforms(rendered, None)
-        collate_fn = partial(collate_flipped, p=0.5 if augmentations.get("flip", True) else 0.0)
+    # Flips alone are done on the whole batch at once (see train_pipeline).
+    transforms, collate_fn = train_pipeline(size, augmentations)
+    pool = ImagePool.with_transforms(_rendered_pool(size, pool_images), transforms)
     # A new permutation of the pool every epoch, from the RNG the trainer seeds per epoch.
     sampler = RandomSampler(pool, num_samples=STEPS_PER_EPOCH * BATCH_SIZE)
-    return DataLoader(pool, batch_size=BATCH_SIZE, sampler=sampler, collate_fn=collate_fn)
+    return make_loader(pool, BATCH_SIZE, sampler=sampler, collate_fn=collate_fn, workers=0)
 
 
 @lru_cache(maxsize=2)
@@ -213,9 +204,7 @@ def _train(
         class_names=CLASS_NAMES,
     )
     train = training_loader(size, augmentations, pool_images)
-    val = DataLoader(
-        shapes_data("val", 300, augment=False, size=size), batch_size=100, collate_fn=collate
-    )
+    val = make_loader(shapes_data("val", 300, augment=False, size=size), 100, workers=0)
 
     def evaluate_and_report(model: SSD) -> dict[str, float]:
         metrics = evaluate_model(model, val, class_names=CLASS_NAMES, progress=False)

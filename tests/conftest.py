@@ -96,6 +96,33 @@ def open_page(browser):
         page.page.close()
 
 
+# --- ground truth (test_matching, test_loss) ------------------------------------------------------
+
+
+def random_batch(
+    generator: torch.Generator,
+    num_images: int,
+    max_objects: int = 20,
+    min_size: float = 0.01,
+    num_classes: int = 21,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Images with 0..max_objects objects of varied sizes, inside the image.
+
+    Returns:
+        ``(boxes, labels)``: per image, relative corner-form boxes ``[n_i, 4]`` with sides from
+        ``min_size`` to ``min_size + 0.6`` (clamped to the image), and labels
+        ``1..num_classes - 1`` ``[n_i]``.
+    """
+    counts = torch.randint(0, max_objects + 1, (num_images,), generator=generator).tolist()
+    boxes, labels = [], []
+    for n in counts:
+        center = torch.rand(n, 2, generator=generator)
+        size = torch.rand(n, 2, generator=generator) * 0.6 + min_size
+        boxes.append(torch.cat((center - size / 2, center + size / 2), dim=1).clamp(0, 1))
+        labels.append(torch.randint(1, num_classes, (n,), generator=generator))
+    return boxes, labels
+
+
 # --- evaluation inputs (test_metrics, test_cocoeval) ----------------------------------------------
 
 A = [0.0, 0.0, 10.0, 10.0]

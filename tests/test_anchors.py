@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -234,3 +235,13 @@ def test_resized_config_scales_explicit_shapes():
 def test_resized_config_needs_one_size_per_map():
     with pytest.raises(ValueError, match="5 feature maps"):
         A.resized_config(A.SSD_TINY, 96, (12, 6, 3))
+
+
+def test_maps_give_each_feature_maps_entries_together():
+    first, *_, last = A.SSD300.maps
+    assert len(A.SSD300.maps) == 6
+    assert first == A.FeatureMap(38, 8, 30, 60, (2,), 4, ())
+    assert last == A.FeatureMap(1, 300, 264, 315, (2,), 4, ())
+    shaped = dataclasses.replace(A.SSD300, shapes=(((10.0, 20.0),),) * 6)
+    assert [m.shapes for m in shaped.maps] == [((10.0, 20.0),)] * 6
+    assert [m.boxes_per_cell for m in shaped.maps] == [1] * 6

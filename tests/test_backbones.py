@@ -200,21 +200,6 @@ def test_failed_download_raises_a_clear_error():
         W.fetch_state_dict(_UnreachableWeights())
 
 
-@pytest.mark.internet
-@pytest.mark.slow
-def test_load_vgg16_imagenet_from_the_internet():
-    from torchvision.models import VGG16_Weights
-
-    try:
-        state_dict = W.fetch_state_dict(VGG16_Weights.IMAGENET1K_V1, progress=False)
-    except W.WeightsUnavailableError as err:
-        pytest.skip(f"offline: {err}")
-    backbone = B.VGGAtrous()
-    W.load_vgg16_imagenet(backbone)  # downloads again through torch's cache
-    assert torch.equal(backbone.conv1_to_conv4.conv1_1.weight, state_dict["features.0.weight"])
-    assert torch.equal(backbone.conv5_to_fc7.fc7.bias, state_dict["classifier.3.bias"][::4])
-
-
 def _sizes(sources):
     return [tuple(s.shape[1:]) for s in sources]
 
@@ -332,13 +317,37 @@ def test_pretrained_ssdlite_fails_cleanly_offline(monkeypatch):
 
 @pytest.mark.internet
 @pytest.mark.slow
-def test_load_mobilenet_v3_imagenet_from_the_internet():
-    from torchvision.models import MobileNet_V3_Large_Weights
+@pytest.mark.parametrize(
+    ("weights", "backbone", "load", "copies"),
+    [
+        (
+            "VGG16_Weights",
+            B.VGGAtrous,
+            W.load_vgg16_imagenet,
+            # (our parameter, theirs, the step of the subsampling): fc7 keeps every 4th unit.
+            [
+                ("conv1_to_conv4.conv1_1.weight", "features.0.weight", 1),
+                ("conv5_to_fc7.fc7.bias", "classifier.3.bias", 4),
+            ],
+        ),
+        (
+            "MobileNet_V3_Large_Weights",
+            B.MobileNetV3Backbone,
+            W.load_mobilenet_v3_imagenet,
+            [("features.0.0.weight", "features.0.0.weight", 1)],
+        ),
+    ],
+)
+def test_load_imagenet_weights_from_the_internet(weights, backbone, load, copies):
+    import torchvision.models
 
     try:
-        state_dict = W.fetch_state_dict(MobileNet_V3_Large_Weights.IMAGENET1K_V1, progress=False)
+        state_dict = W.fetch_state_dict(
+            getattr(torchvision.models, weights).IMAGENET1K_V1, progress=False
+        )
     except W.WeightsUnavailableError as err:
         pytest.skip(f"offline: {err}")
-    backbone = B.MobileNetV3Backbone()
-    W.load_mobilenet_v3_imagenet(backbone)  # downloads again through torch's cache
-    assert torch.equal(backbone.features[0][0].weight, state_dict["features.0.0.weight"])
+    model = backbone()
+    load(model)  # downloads again through torch's cache
+    for ours, theirs, step in copies:
+        assert torch.equal(model.get_parameter(ours), state_dict[theirs][::step])

@@ -1,11 +1,15 @@
 import json
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from conftest import online
+from ssd_tutorial import cli
+from ssd_tutorial.data.loading import default_num_workers
 from ssd_tutorial.data.shapes import CLASS_NAMES, SyntheticShapes
 from ssd_tutorial.photos import chelsea
 
@@ -126,6 +130,17 @@ def test_bad_arguments_are_clear_errors(tmp_path, args, message):
     assert message in result.stderr
 
 
+@pytest.mark.slow
+def test_a_diverging_run_exits_naming_the_step(tmp_path):
+    # AdamW at a rate of 1e8 sends the predictions to inf within a few steps.
+    args = ("--train-size", "40", "--no-eval", "--epochs", "1", "--lr", "1e8")
+    result = run_cli("train", *SMALL_RUN, *args, "--out", str(tmp_path / "out"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert re.search(r"error: non-finite (loss|predictions) at step \d+ \(epoch 1\)", result.stderr)
+    assert "lower the learning rate" in result.stderr
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
 def test_missing_files_are_clear_errors(tmp_path):
     result = run_cli("evaluate", str(tmp_path / "none.pt"))
     assert result.returncode == 1
@@ -185,3 +200,17 @@ def test_the_other_architectures_train_and_evaluate_through_the_same_commands(tm
     result = run_cli("evaluate", str(out / "last.pt"), *run)
     assert result.returncode == 0, result.stderr
     assert "mAP (VOC07 11-point)" in result.stdout
+
+
+def test_the_loading_options_reach_the_loader():
+    args = cli.build_parser().parse_args(
+        ["evaluate", "x.pt", "--batch-size", "3", "--workers", "1", "--no-persistent-workers"]
+    )
+    data = list(range(6))
+    loader = cli._loader(data, args, torch.device("cpu"))
+    assert (loader.batch_size, loader.num_workers) == (3, 1)
+    assert (loader.pin_memory, loader.persistent_workers) == (False, False)
+    args = cli.build_parser().parse_args(["evaluate", "x.pt", "--pin-memory"])
+    loader = cli._loader(data, args, torch.device("cpu"))
+    assert loader.pin_memory and loader.num_workers == default_num_workers(1)
+    assert loader.persistent_workers == (loader.num_workers > 0)

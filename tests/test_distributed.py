@@ -42,14 +42,6 @@ def test_the_global_batch_splits_evenly_over_the_processes():
         distributed.local_batch_size(0, 1)
 
 
-def test_default_workers_share_the_cores_among_the_processes():
-    assert distributed.default_num_workers(1, cpu_count=64) == 8
-    assert distributed.default_num_workers(8, cpu_count=64) == 8
-    assert distributed.default_num_workers(8, cpu_count=32) == 4
-    assert distributed.default_num_workers(2, cpu_count=2) == 1
-    assert distributed.default_num_workers(4, cpu_count=2) == 0  # load in the main process
-
-
 def test_without_torchrun_nothing_is_initialised(monkeypatch):
     for name in distributed.TORCHRUN_VARIABLES:
         monkeypatch.delenv(name, raising=False)

@@ -1,3 +1,5 @@
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +10,7 @@ from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD
 from torchvision.ops import box_iou as torchvision_box_iou
 
+import conftest
 from ssd_tutorial.anchors import SSD300, default_boxes
 from ssd_tutorial.boxes import center_to_corners, corners_to_center, encode
 from ssd_tutorial.loss import LossTerms, MultiBoxLoss, hard_negative_mask
@@ -18,15 +21,8 @@ NUM_CLASSES = 21
 IMAGE_SIZE = 300
 
 
-def random_batch(generator: torch.Generator, num_images: int, max_objects: int = 20):
-    counts = torch.randint(0, max_objects + 1, (num_images,), generator=generator).tolist()
-    boxes, labels = [], []
-    for n in counts:
-        center = torch.rand(n, 2, generator=generator)
-        size = torch.rand(n, 2, generator=generator) * 0.6 + 0.02
-        boxes.append(torch.cat((center - size / 2, center + size / 2), dim=1).clamp(0, 1))
-        labels.append(torch.randint(1, NUM_CLASSES, (n,), generator=generator))
-    return boxes, labels
+#: The loss tests' objects are at least 0.02 of the image a side.
+random_batch = partial(conftest.random_batch, min_size=0.02, num_classes=NUM_CLASSES)
 
 
 def random_predictions(generator: torch.Generator, num_images: int, num_priors: int = 8732):

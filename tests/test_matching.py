@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from torchvision.models.detection._utils import SSDMatcher
 from torchvision.ops import box_iou as torchvision_box_iou
 
+from conftest import random_batch
 from ssd_tutorial.anchors import SSD300, default_boxes
 from ssd_tutorial.boxes import box_iou, center_to_corners, corners_to_center, encode
 from ssd_tutorial.matching import _iou_with_priors, match, match_indices, match_objects
@@ -14,19 +15,6 @@ PRIORS = default_boxes(SSD300)
 
 def priors_from_corners(*corners: list[float]) -> torch.Tensor:
     return corners_to_center(torch.tensor(corners))
-
-
-def random_batch(generator: torch.Generator, num_images: int, max_objects: int = 20):
-    """Images with 0..max_objects objects of varied sizes, inside the image."""
-    counts = torch.randint(0, max_objects + 1, (num_images,), generator=generator).tolist()
-    boxes, labels = [], []
-    for n in counts:
-        center = torch.rand(n, 2, generator=generator)
-        size = torch.rand(n, 2, generator=generator) * 0.6 + 0.01
-        corners = torch.cat((center - size / 2, center + size / 2), dim=1).clamp(0, 1)
-        boxes.append(corners)
-        labels.append(torch.randint(1, 21, (n,), generator=generator))
-    return boxes, labels
 
 
 def reference_match_indices(boxes: torch.Tensor, priors: torch.Tensor, threshold: float = 0.5):

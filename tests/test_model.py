@@ -49,24 +49,20 @@ def tiny():
     return build_ssd("ssd_tiny", 6).eval()
 
 
-def test_ssd300_predicts_8732_boxes():
-    model = build_ssd("ssd300", 21).eval()
+@pytest.mark.parametrize(
+    ("name", "num_classes", "config", "num_boxes"),
+    [("ssd300", 21, anchors.SSD300, 8732), ("ssd512", 3, anchors.SSD512, 24564)],
+)
+def test_the_papers_models_predict_their_number_of_boxes(name, num_classes, config, num_boxes):
+    model = build_ssd(name, num_classes).eval()
+    size = config.image_size
     with torch.no_grad():
-        loc, conf = model(torch.randn(1, 3, 300, 300))
-    assert loc.shape == (1, 8732, 4)
-    assert conf.shape == (1, 8732, 21)
-    assert model.config is anchors.SSD300
-    assert model.num_classes == 21
+        loc, conf = model(torch.randn(1, 3, size, size))
+    assert loc.shape == (1, num_boxes, 4)
+    assert conf.shape == (1, num_boxes, num_classes)
+    assert model.config is config
+    assert model.num_classes == num_classes
     assert model.image_mean == IMAGENET_MEAN
-
-
-def test_ssd512_predicts_24564_boxes():
-    model = build_ssd("ssd512", 3).eval()
-    with torch.no_grad():
-        loc, conf = model(torch.randn(1, 3, 512, 512))
-    assert loc.shape == (1, 24564, 4)
-    assert conf.shape == (1, 24564, 3)
-    assert model.config is anchors.SSD512
 
 
 def test_tiny_model_forward(tiny):
@@ -228,7 +224,9 @@ def test_bad_images_get_a_clear_error(tiny, shape, dtype, message):
 def test_base_and_config_must_agree():
     with pytest.raises(ValueError, match="the base gives 5 source maps but config 'SSD300' has 6"):
         SSD(tiny_features(), anchors.SSD300, 21)
-    with pytest.raises(ValueError, match="num_classes counts the background too"):
+    with pytest.raises(
+        ValueError, match=r"num_classes needs C >= 2 classes \(background \+ 1\), got C = 1"
+    ):
         SSD(tiny_features(), anchors.SSD_TINY, 1)
     shifted = anchors.config_from_scales(
         "wrong sizes", 128, (16, 8, 4, 2, 2), (0.1, 0.2, 0.4, 0.6, 0.8, 1.0), ((2,),) * 5

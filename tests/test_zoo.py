@@ -71,7 +71,7 @@ def test_cache_folder_comes_from_the_environment(tmp_path, monkeypatch):
 def test_the_seed_sets_the_initial_weights_and_the_data_order(monkeypatch, tmp_path):
     seen = {}
 
-    def record(model, recipe, run, progress, augmentations, validate):
+    def record(model, recipe, run, progress, augmentations, validate, pool_images):
         seen[recipe.seed] = (model.head.conf[0].weight.clone(), run)
         raise KeyboardInterrupt  # stop before any training
 
@@ -93,8 +93,8 @@ def test_variants_train_their_own_network_and_data_in_their_own_folder(tmp_path,
         asked.append((split, augment, size, augmentations))
         return real_data(split, length, augment, size, augmentations)
 
-    def record_loader(size=128, augmentations=None):
-        asked.append(("train pool", size, augmentations))
+    def record_loader(size=128, augmentations=None, pool_images=zoo.POOL_IMAGES):
+        asked.append(("train pool", size, augmentations, pool_images))
         return real_loader(size, augmentations, pool_images=zoo.BATCH_SIZE)
 
     monkeypatch.setattr(zoo, "shapes_data", record_data)
@@ -108,7 +108,8 @@ def test_variants_train_their_own_network_and_data_in_their_own_folder(tmp_path,
         1, tmp_path, False, name="two_ratios", build=build, augmentations={"flip": False}
     )
     assert model.config == fewer_boxes and model.config.num_boxes < SSD_TINY.num_boxes
-    assert asked == [("train pool", 128, {"flip": False}), ("val", False, 128, None)]
+    train = ("train pool", 128, {"flip": False}, zoo.POOL_IMAGES)
+    assert asked == [train, ("val", False, 128, None)]
     assert (tmp_path / "two_ratios_shapes_1_steps" / "model.pt").is_file()
     with pytest.raises(ValueError, match="another model"):  # the cache is per name
         zoo.shapes_model(1, tmp_path, False, name="two_ratios")

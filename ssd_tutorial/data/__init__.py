@@ -2,6 +2,8 @@
 
 * :mod:`~ssd_tutorial.data.shapes`: :class:`SyntheticShapes`, the embedded default dataset.
 * :mod:`~ssd_tutorial.data.pool`: :class:`ImagePool`, images drawn once, augmented at every read.
+* :mod:`~ssd_tutorial.data.loading`: :func:`~ssd_tutorial.data.loading.make_loader` and
+  :func:`~ssd_tutorial.data.loading.train_pipeline`, the loader policy of the CLI and the book.
 * :mod:`~ssd_tutorial.data.sizes`: small / medium / large objects, relative to the image.
 * :mod:`~ssd_tutorial.data.voc`: :class:`VOCDetection` and the 20 ``VOC_CLASSES``.
 * :mod:`~ssd_tutorial.data.coco`: :class:`COCODetection` for ``instances_*.json`` files.
