@@ -81,3 +81,20 @@ def test_chapters_are_committed_without_outputs(path):
 def test_launch_buttons_point_to_colab():
     assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
     assert CONFIG["repository"]["url"].startswith("https://github.com/")
+
+
+def chapter_title(path: Path) -> str:
+    return source(cells(path)[0]).splitlines()[0].removeprefix("# ").strip()
+
+
+def roadmap_items(text: str) -> list[tuple[int, str]]:
+    """The ``N. **Title**`` items of a numbered roadmap, in their order."""
+    return [(int(n), title) for n, title in re.findall(r"^(\d+)\. \*\*(.+?)\*\*", text, re.M)]
+
+
+def test_roadmaps_list_every_chapter_by_its_number_and_title():
+    chapters = [(n, chapter_title(p)) for n, p in enumerate(NOTEBOOKS, start=1)]
+    intro = (ROOT / "book" / "intro.md").read_text()
+    first_chapter = "\n".join(source(c) for c in cells(NOTEBOOKS[0]))
+    assert roadmap_items(intro) == chapters
+    assert roadmap_items(first_chapter) == chapters
