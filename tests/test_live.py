@@ -188,6 +188,14 @@ def page_state(page: Page) -> dict:
     )
 
 
+def choose_sample(page: Page, index: int) -> dict:
+    """Click sample ``index`` and wait for its detections: :func:`page_state`."""
+    runs = page.page.evaluate("() => window.ssdLive.networkRuns")
+    page.page.click(f"[data-sample='{index}']")
+    page.page.wait_for_function(f"() => window.ssdLive.networkRuns > {runs}")
+    return page_state(page)
+
+
 def assert_page_detections_are_pythons(state: dict, reference) -> list[Detections]:
     """The page's detections equal onnxruntime's in Python on the page's own input tensor, and
     so ``postprocess.detect``'s on the same network outputs, at the thresholds the page fed."""
@@ -224,20 +232,22 @@ def test_the_page_detects_on_the_samples_as_onnxruntime_does_and_sliders_rerun_n
     ``preprocess`` of it (to 1e-5), and its detections equal Python's on that tensor."""
     config = reference[0]
     page = live_page.page
-    for index in (0, 3):
-        runs = page.evaluate("() => window.ssdLive.networkRuns")
-        page.click(f"[data-sample='{index}']")
-        page.wait_for_function(f"() => window.ssdLive.networkRuns > {runs}")
-        state = page_state(live_page)
+    counts = []
+    for index in range(len(config["samples"])):
+        state = choose_sample(live_page, index)
         x = sample_input(LIVE, index, config["mean"], config["std"])
         page_input = torch.tensor(state["input"]).reshape(x.shape)
         torch.testing.assert_close(page_input, x, rtol=0, atol=1e-5)
         assert state["thresholds"] == {"score": 0.3, "iou": 0.45}  # the sliders' start
-        assert len(assert_page_detections_are_pythons(state, reference)[0].labels) > 0
+        counts.append(len(assert_page_detections_are_pythons(state, reference)[0].labels))
+    assert sum(counts) >= len(counts)  # a trained model: objects found, on most images
 
-    # Each slider reruns the post-processing graph alone, at the value it shows.
+    state = choose_sample(live_page, counts.index(max(counts)))
+
+    # Each slider reruns the post-processing graph alone, at the value it shows: a lower score
+    # finds more, a stricter NMS or a higher score fewer.
     before = state
-    for role, value in (("score", "0.05"), ("iou", "0.1"), ("score", "0.6")):
+    for role, value, change in (("score", "0.02", +1), ("iou", "0.1", -1), ("score", "0.6", -1)):
         page.locator(f"[data-role={role}]").fill(value)
         state = page_state(live_page)
         assert state["thresholds"][role] == float(value)
@@ -245,7 +255,17 @@ def test_the_page_detects_on_the_samples_as_onnxruntime_does_and_sliders_rerun_n
         assert state["networkRuns"] == before["networkRuns"]
         assert state["postprocessRuns"] > before["postprocessRuns"]
         assert_page_detections_are_pythons(state, reference)
+        found, earlier = len(state["detections"]), len(before["detections"])
+        assert (found - earlier) * change > 0, (role, value, earlier, found)
         before = state
+    # and across the range, at low scores, where NMS has the most to do
+    for score in ("0.01", "0.1"):
+        page.locator("[data-role=score]").fill(score)
+        for iou in ("0.2", "0.3", "0.5", "0.6", "0.7", "0.8", "0.9", "1"):
+            page.locator("[data-role=iou]").fill(iou)
+            state = page_state(live_page)
+            assert state["thresholds"] == {"score": float(score), "iou": float(iou)}
+            assert_page_detections_are_pythons(state, reference)
     shown = page.locator("[data-role=table] tbody tr").count()
     assert shown == len(state["detections"])
     assert live_page.blocked == [], f"the page needs the network: {live_page.blocked}"
@@ -287,8 +307,7 @@ def test_an_uploaded_picture_of_another_size_is_resized_as_the_package_resizes(
 def test_the_network_time_per_image_in_the_browser(live_page):
     """Not a limit: the median time of the network on one image, printed for the record."""
     page = live_page.page
-    page.click("[data-sample='1']")
-    page_state(live_page)
+    choose_sample(live_page, 1)
     ms = page.evaluate("() => window.ssdLive.timeNetwork(20)")
     post = page.evaluate("() => window.ssdLive.postprocessMs")
     sizes = {p.name: p.stat().st_size for p in LIVE.iterdir() if p.is_file()}
