@@ -14,7 +14,11 @@ BUILD_BOOK := $(VENV)/bin/jupyter-book build . --toc book/_toc.yml --config _con
 export SSD_TUTORIAL_CACHE := $(CURDIR)/_build/cache
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: book test lint unit notebooks browser-deps venv clean bench
+# onnxruntime-web for the live detector page (book/live_detector.md), at the version that
+# package-lock.json pins; the book build copies the files it needs (book/_ext/live_detector.py).
+NPM_STAMP := node_modules/.package-lock.json
+
+.PHONY: book test lint unit notebooks browser-deps npm-deps venv clean bench
 
 venv: $(STAMP)
 
@@ -25,8 +29,16 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+npm-deps: $(NPM_STAMP)
+
+$(NPM_STAMP): package.json package-lock.json
+	command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq npm >/dev/null; }
+	npm ci --no-audit --no-fund
+	touch $(NPM_STAMP)
+
 # A clean _build (and so an empty jupyter-cache): every chapter is executed.
-book: $(STAMP)
+book: $(STAMP) $(NPM_STAMP)
 	rm -rf _build
 	SSD_TUTORIAL_QUICK=$(QUICK) $(BUILD_BOOK)
 
@@ -43,12 +55,13 @@ browser-deps:
 
 # nbval runs every chapter once (quick mode) and stores the executed chapters in the book's
 # jupyter-cache (conftest.py); the book build then renders them without running them again,
-# and the log check below proves it. The browser tests read the built pages.
-notebooks: $(STAMP)
+# and the log check below proves it. The browser tests read the built pages. The build is in
+# quick mode too, so that the live detector page finds the model the chapters trained.
+notebooks: $(STAMP) $(NPM_STAMP)
 	rm -rf _build
 	SSD_TUTORIAL_QUICK=1 $(PY) -m pytest --nbval-lax --nbval-current-env notebooks
 	mkdir -p _build
-	$(BUILD_BOOK) 2>&1 | tee _build/book.log
+	SSD_TUTORIAL_QUICK=1 $(BUILD_BOOK) 2>&1 | tee _build/book.log
 	! grep -n "Executing notebook" _build/book.log
 
 test: lint browser-deps $(STAMP)
@@ -64,4 +77,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_learning.py --write
 
 clean:
-	rm -rf _build .pytest_cache .ruff_cache .hypothesis
+	rm -rf _build .pytest_cache .ruff_cache .hypothesis node_modules

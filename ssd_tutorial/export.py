@@ -150,6 +150,7 @@ def postprocess_graph(
     num_classes: int,
     postprocess: Postprocessing | None = None,
     opset: int = DEFAULT_OPSET,
+    threshold_inputs: bool = False,
 ) -> onnx.ModelProto:
     """The post-processing part of :func:`export_onnx`'s graph alone, as an ONNX model.
 
@@ -162,6 +163,9 @@ def postprocess_graph(
         num_classes: ``C``, background included.
         postprocess: the options to build in (default: ``detect``'s).
         opset: ONNX operator set, 18 or later.
+        threshold_inputs: the graph takes ``conf_threshold`` and ``nms_threshold`` as two more
+            inputs (float32 scalars) instead of ``postprocess``'s, to be rerun at other
+            thresholds (see :func:`~ssd_tutorial.onnx_detect.append_detection_nodes`).
     """
     _check_opset_floor(opset)
     settings = postprocess or Postprocessing()
@@ -172,7 +176,9 @@ def postprocess_graph(
     with warnings.catch_warnings():
         # the exporter says that the two inputs' batch axes share one name, as they should
         warnings.filterwarnings("ignore", "# The axis name: batch will not be used")
-        return _detections_proto(_Outputs(), inputs, priors, num_classes, settings, opset)
+        return _detections_proto(
+            _Outputs(), inputs, priors, num_classes, settings, opset, threshold_inputs
+        )
 
 
 class OnnxSSD:
@@ -407,13 +413,15 @@ def _detections_proto(
     num_classes: int,
     postprocess: Postprocessing,
     opset: int,
+    threshold_inputs: bool = False,
 ) -> onnx.ModelProto:
-    """``network`` (giving ``loc``, ``conf``) and post-processing after it, as an ONNX model."""
+    """``network`` (giving ``loc``, ``conf``) and post-processing after it, as an ONNX model;
+    ``threshold_inputs`` as in :func:`postprocess_graph`."""
     decoded = DecodedScores(network, priors, postprocess.variances).eval()
     batch = torch.export.Dim("batch")
     shapes = {"inputs": tuple({0: batch} for _ in inputs)}  # forward(*inputs)
     proto = _export_proto(decoded, inputs, DECODED_OUTPUTS, opset, shapes)
-    append_detection_nodes(proto.graph, len(priors), num_classes, postprocess)
+    append_detection_nodes(proto.graph, len(priors), num_classes, postprocess, threshold_inputs)
     return proto
 
 

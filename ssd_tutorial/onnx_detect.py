@@ -58,6 +58,10 @@ class Postprocessing:
 #: Outputs of the exported PyTorch part of a graph with post-processing (:class:`DecodedScores`).
 DECODED_OUTPUTS = ("decoded_boxes", "class_scores")
 
+#: Optional inputs of a graph built with ``threshold_inputs=True``: float32 scalars, by default
+#: the :class:`Postprocessing` values built in (see :func:`append_detection_nodes`).
+THRESHOLD_INPUTS = ("conf_threshold", "nms_threshold")
+
 
 class DecodedScores(nn.Module):
     """A network, then the stages of ``detect`` that work on every default box alike.
@@ -81,7 +85,11 @@ class DecodedScores(nn.Module):
 
 
 def append_detection_nodes(
-    graph: onnx.GraphProto, num_priors: int, num_classes: int, postprocess: Postprocessing
+    graph: onnx.GraphProto,
+    num_priors: int,
+    num_classes: int,
+    postprocess: Postprocessing,
+    threshold_inputs: bool = False,
 ) -> None:
     """Append the stages of ``detect`` after :class:`DecodedScores`'s to its graph, in place.
 
@@ -91,10 +99,18 @@ def append_detection_nodes(
     what ``detect`` gives, ties included: ONNX's ``TopK`` puts equal values in index order, as
     ``detect``'s stable sorts do, and onnxruntime's ``NonMaxSuppression`` visits equal scores
     in index order.
+
+    With ``threshold_inputs`` the two thresholds are not built in but are inputs of the graph,
+    ``conf_threshold`` and ``nms_threshold`` (:data:`THRESHOLD_INPUTS`, float32 scalars), as
+    ONNX's ``NonMaxSuppression`` takes them anyway: a caller reruns the same graph at other
+    thresholds (the book's live detector page does, at every move of a slider), and
+    ``postprocess``'s own two are unused. The graph does not check the values fed: they must be
+    in ``detect``'s ranges, ``[0, 1)`` and ``[0, 1]``.
     """
     top_k, cap = postprocess.top_k, min(postprocess.candidates_per_class, num_priors)
     width = (num_classes - 1) * num_priors
-    add = _Nodes(graph, keep={*DECODED_OUTPUTS, *DETECTION_OUTPUTS})
+    keep = {*DECODED_OUTPUTS, *DETECTION_OUTPUTS, *(THRESHOLD_INPUTS if threshold_inputs else ())}
+    add = _Nodes(graph, keep)
     # Cap: each class's `cap` best scores stay, the others become 0, which no threshold passes.
     add("TopK", ["class_scores", add.int64("cap", [cap])], ["cap_scores", "cap_index"], axis=-1)
     add("Shape", ["class_scores"], ["score_shape"])
@@ -102,10 +118,16 @@ def append_detection_nodes(
     add("ScatterElements", ["zeros", "cap_index", "cap_scores"], ["candidates"], axis=2)
     # Threshold and NMS by image and class, both strict (score > conf, IoU > nms) as detect's;
     # kept: [N, 3] rows (image, class, default box), each class best first.
-    thresholds = [
-        add.float32("iou_threshold", [postprocess.nms_threshold]),
-        add.float32("score_threshold", [postprocess.conf_threshold]),
-    ]
+    if threshold_inputs:
+        thresholds = ["nms_threshold", "conf_threshold"]  # NonMaxSuppression's order
+        graph.input.extend(
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, []) for name in THRESHOLD_INPUTS
+        )
+    else:
+        thresholds = [
+            add.float32("iou_threshold", [postprocess.nms_threshold]),
+            add.float32("score_threshold", [postprocess.conf_threshold]),
+        ]
     add("NonMaxSuppression", ["decoded_boxes", "candidates", "cap", *thresholds], ["kept"])
     # Top-k: the kept scores in a [B, (C - 1) * P] table of -1 (below every score), class by
     # class, and its `top_k` best; the modulo below maps any padding column to a real box.

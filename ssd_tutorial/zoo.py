@@ -141,6 +141,7 @@ def shapes_model(
     seed: int = 0,
     validate: bool = True,
     pool_images: int = POOL_IMAGES,
+    train_if_missing: bool = True,
 ) -> tuple[SSD, tuple[str, ...]]:
     """An SSD trained on the synthetic shapes, trained now or loaded from the cache.
 
@@ -161,10 +162,16 @@ def shapes_model(
             are scored once they are done (chapter 12's variants) save that time with ``False``.
         pool_images: the training images the batches are drawn from (the first ones of the
             training split); a small pool is a training set that the network can overfit.
+        train_if_missing: train when the cache has no finished run; with ``False`` a missing run
+            is an error (the book's live detector page must show the chapters' model, which
+            the chapters trained, rather than train one of its own).
 
     Returns:
         ``(model, class_names)``: the model in eval mode on the CPU, and
         :data:`~ssd_tutorial.data.shapes.CLASS_NAMES`.
+
+    Raises:
+        FileNotFoundError: the cache has no finished run and ``train_if_missing`` is ``False``.
     """
     steps = steps or _default_steps()
     build = build or partial(build_ssd, "ssd_tiny")
@@ -173,6 +180,11 @@ def shapes_model(
     with torch.random.fork_rng():  # the same initial weights every time, the caller's RNG intact
         torch.manual_seed(seed)
         model = build(len(CLASS_NAMES))
+    if not checkpoint.is_file() and not train_if_missing:
+        raise FileNotFoundError(
+            f"no trained model at {checkpoint}: run the chapters first (chapter 8 trains it), "
+            f"with SSD_TUTORIAL_CACHE and SSD_TUTORIAL_QUICK as they were then"
+        )
     if not checkpoint.is_file():
         shutil.rmtree(run, ignore_errors=True)  # the logs of an interrupted run, if any
         recipe = shapes_recipe(steps, seed)

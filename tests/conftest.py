@@ -59,20 +59,25 @@ THEME_MESSAGES = ("Got invalid theme mode", "Identifier 'THEBE_JS_URL' has alrea
 
 
 class Page:
-    """A page opened offline, with the JS errors and blocked requests it produced."""
+    """A page opened offline, with the JS errors and blocked requests it produced.
 
-    def __init__(self, browser, path: Path):
+    ``address`` is a file, or the URL of a page that a local server serves; requests to
+    addresses that do not start with ``allow`` (by default: any file) are blocked.
+    """
+
+    def __init__(self, browser, address: Path | str, allow: str = "file://"):
         self.errors: list[str] = []
         self.blocked: list[str] = []
+        self.allow = allow
         self.page = browser.new_page(viewport={"width": 1280, "height": 900})
         self.page.route("**/*", self._offline)
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        self.page.goto(path.as_uri())
+        self.page.goto(address.as_uri() if isinstance(address, Path) else address)
         self.page.wait_for_load_state("load")
 
     def _offline(self, route) -> None:
-        if route.request.url.startswith("file://"):
+        if route.request.url.startswith(self.allow):
             route.continue_()
         else:
             self.blocked.append(route.request.url)

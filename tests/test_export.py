@@ -27,6 +27,7 @@ from ssd_tutorial.export import (
     postprocess_graph,
 )
 from ssd_tutorial.model import SSD, TORCHVISION_MEAN, TORCHVISION_STD, build_ssd
+from ssd_tutorial.onnx_detect import THRESHOLD_INPUTS
 from ssd_tutorial.postprocess import Detections, detect
 from ssd_tutorial.train import TrainConfig, Trainer
 
@@ -314,10 +315,28 @@ def run_postprocess_graph(
     loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor, settings: Postprocessing
 ) -> dict[str, np.ndarray]:
     """The padded outputs of :func:`postprocess_graph` run by onnxruntime."""
-    proto = postprocess_graph(priors, conf.shape[2], settings)
-    session = onnxruntime.InferenceSession(proto.SerializeToString())
-    outputs = session.run(list(DETECTION_OUTPUTS), {"loc": loc.numpy(), "conf": conf.numpy()})
-    return dict(zip(DETECTION_OUTPUTS, outputs))
+    return run_session(postprocess_session(priors, conf.shape[2], settings), loc, conf)
+
+
+def postprocess_session(
+    priors: torch.Tensor, num_classes: int, settings: Postprocessing, threshold_inputs=False
+) -> onnxruntime.InferenceSession:
+    proto = postprocess_graph(priors, num_classes, settings, threshold_inputs=threshold_inputs)
+    return onnxruntime.InferenceSession(proto.SerializeToString())
+
+
+def run_session(
+    session: onnxruntime.InferenceSession,
+    loc: torch.Tensor,
+    conf: torch.Tensor,
+    thresholds: tuple[float, float] | None = None,
+) -> dict[str, np.ndarray]:
+    """The padded outputs of a post-processing graph; ``thresholds`` (score, IoU) are fed to
+    one built with ``threshold_inputs``, as float32 scalars."""
+    feed = {"loc": loc.numpy(), "conf": conf.numpy()}
+    if thresholds is not None:
+        feed |= {k: np.array(v, np.float32) for k, v in zip(THRESHOLD_INPUTS, thresholds)}
+    return dict(zip(DETECTION_OUTPUTS, session.run(list(DETECTION_OUTPUTS), feed)))
 
 
 def unpadded(outputs: dict[str, np.ndarray]) -> list[Detections]:
@@ -403,6 +422,35 @@ def test_top_k_above_all_candidates_pads_every_image(tiny):
     outputs = run_postprocess_graph(loc, conf, priors, settings)
     assert outputs["scores"].shape == (3, 4000)
     assert_same_detections(unpadded(outputs), expected_detections(loc, conf, priors, settings))
+
+
+#: (score, IoU) thresholds that one graph with threshold inputs is run at: detect's defaults,
+#: a stricter NMS, a higher score, none at all, and one above all scores but a few.
+THRESHOLD_PAIRS = [(0.01, 0.45), (0.01, 0.1), (0.3, 0.45), (0.0, 1.0), (0.9, 0.0)]
+
+
+def test_a_graph_with_threshold_inputs_gives_detects_detections_at_each_threshold(tiny, trained):
+    """One graph, run at several thresholds, on random outputs (every cap binds) and on a
+    trained model's (peaked scores); the options built in apply, bar the two thresholds."""
+    priors = default_boxes(tiny.config)
+    model, _ = trained
+    with torch.no_grad():
+        outputs = [random_outputs(len(priors), seed=7), model(parity_images())]
+    settings = Postprocessing(0.7, 0.1, top_k=40, candidates_per_class=30)  # 0.7, 0.1 unused
+    session = postprocess_session(priors, len(NAMES), settings, threshold_inputs=True)
+    trained_session = postprocess_session(priors, len(CLASS_NAMES), settings, True)
+    assert [i.name for i in session.get_inputs()] == ["loc", "conf", *THRESHOLD_INPUTS]
+    counts = []
+    for graph, (loc, conf) in zip((session, trained_session), outputs):
+        for score, iou in THRESHOLD_PAIRS:
+            options = dataclasses.replace(settings, conf_threshold=score, nms_threshold=iou)
+            found = unpadded(run_session(graph, loc, conf, (score, iou)))
+            assert_same_detections(found, expected_detections(loc, conf, priors, options))
+            counts.append([len(d.labels) for d in found])
+    # both thresholds fed matter: on the trained model's outputs, a stricter NMS or a higher
+    # score threshold than detect's defaults finds fewer, no thresholds the most
+    found = dict(zip(THRESHOLD_PAIRS, (sum(c) for c in counts[len(THRESHOLD_PAIRS) :])))
+    assert found[0.0, 1.0] > found[0.01, 0.45] > max(found[0.01, 0.1], found[0.3, 0.45]) > 0
 
 
 @pytest.fixture(scope="module")

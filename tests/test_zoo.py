@@ -60,6 +60,15 @@ def test_shapes_model_trains_once_then_loads_from_the_cache(tmp_path, monkeypatc
     monkeypatch.setattr(Trainer, "fit", no_training)
     again, _ = zoo.shapes_model(steps=2, cache_dir=tmp_path)
     torch.testing.assert_close(again.state_dict(), model.state_dict(), rtol=0, atol=0)
+    cached, _ = zoo.shapes_model(steps=2, cache_dir=tmp_path, train_if_missing=False)
+    torch.testing.assert_close(cached.state_dict(), model.state_dict(), rtol=0, atol=0)
+
+
+def test_a_missing_model_is_an_error_when_it_must_not_be_trained(tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "fit", lambda *args: pytest.fail("nothing may be trained"))
+    checkpoint = zoo.shapes_run_dir(3, tmp_path) / "model.pt"
+    with pytest.raises(FileNotFoundError, match=f"no trained model at {checkpoint}: run the chap"):
+        zoo.shapes_model(steps=3, cache_dir=tmp_path, train_if_missing=False)
 
 
 def test_cache_folder_comes_from_the_environment(tmp_path, monkeypatch):
