@@ -178,38 +178,21 @@ def _draw_column(
     top = 4.35
     _arrow(ax, (x, 4.53), (x, top + 0.01))
     ax.add_patch(Rectangle((x - side / 2, top - side), side, side, fc=_MAP_COLOUR, ec="k"))
-    ax.text(
-        x,
-        top - 0.9,
-        f"{column.name}\n{column.size}×{column.size}×{column.channels}",
-        ha="center",
-        va="top",
-        fontsize=font,
-        gid="map",
-    )
+
+    def label(y: float, text: str, gid: str, va: str = "center") -> None:
+        ax.text(x, y, text, ha="center", va=va, fontsize=font, gid=gid)
+
+    label(top - 0.9, f"{column.name}\n{column.size}×{column.size}×{column.channels}", "map", "top")
     _arrow(ax, (x, 3.03), (x, 2.82))
     k, classes = column.boxes_per_cell, column.conf_channels // column.boxes_per_cell
     outputs = column.loc_channels + column.conf_channels
     _box(ax, x, 2.3, width, 0.98, _HEAD_COLOUR)
-    ax.text(
-        x,
-        2.3,
+    head = (
         f"{column.head}\nk(C+4) = {k}·({classes}+4)\n= {outputs} channels"
-        f"\nloc {column.loc_channels}, conf {column.conf_channels}",
-        ha="center",
-        va="center",
-        fontsize=font,
-        gid="head",
+        f"\nloc {column.loc_channels}, conf {column.conf_channels}"
     )
-    ax.text(
-        x,
-        1.45,
-        f"{column.size}²·{k}\n= {column.num_boxes} boxes",
-        ha="center",
-        va="center",
-        fontsize=font,
-        gid="boxes",
-    )
+    label(2.3, head, "head")
+    label(1.45, f"{column.size}²·{k}\n= {column.num_boxes} boxes", "boxes")
     _arrow(ax, (x, 1.18), (x, 0.63))
 
 
