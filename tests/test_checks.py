@@ -82,7 +82,11 @@ def test_the_coco_metrics_name_their_extra(monkeypatch):
 #: The packages of the extras (pyproject's optional-dependencies), blocked as if not installed.
 OPTIONAL_PACKAGES = ("onnx", "onnxruntime", "onnxscript", "pycocotools", "skimage")
 #: The modules that cannot be imported without their extra.
-NEED_AN_EXTRA = {"ssd_tutorial.export": "export", "ssd_tutorial.onnx_detect": "export"}
+NEED_AN_EXTRA = {
+    "ssd_tutorial.export": "export",
+    "ssd_tutorial.onnx_detect": "export",
+    "ssd_tutorial.live": "export",  # the live page writes ONNX files
+}
 
 IMPORT_EVERY_MODULE = """
 import importlib, json, pkgutil, sys
