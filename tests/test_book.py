@@ -72,6 +72,21 @@ def test_chapter_uses_the_package_and_ends_with_summary_and_exercises(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_code_fits_the_pages_code_column(path):
+    # The built page scrolls sideways past this width; only the Colab install line may.
+    ruff_config = (ROOT / "notebooks" / "ruff.toml").read_text()
+    width = int(re.search(r"^line-length = (\d+)$", ruff_config, re.M).group(1))
+    too_long = [
+        line
+        for cell in cells(path)
+        if cell["cell_type"] == "code"
+        for line in source(cell).splitlines()
+        if len(line) > width and "%pip install" not in line
+    ]
+    assert too_long == [], f"{path.name}: lines over {width} characters: {too_long}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_chapters_are_committed_without_outputs(path):
     for cell in cells(path):
         if cell["cell_type"] == "code":
