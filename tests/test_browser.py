@@ -40,6 +40,11 @@ def test_chapter_renders_offline_without_errors(browser, chapter):
     assert images, "every chapter has at least one figure"
     broken = [src for src, width in images if width == 0]
     assert broken == [], f"figures that did not load: {broken}"
+    # a Markdown table that a cell displays must arrive as a table, not as a paragraph of pipes
+    pipes = page.page.eval_on_selector_all(
+        ".cell_output p", "els => els.map(e => e.textContent).filter(t => t.trim().startsWith('|'))"
+    )
+    assert pipes == [], f"Markdown output rendered as text: {pipes}"
     # formulas are typeset by the vendored MathJax (SVG output)
     if page.page.locator(".math").count():
         # attached, not visible: a formula may sit in a closed exercise dropdown
