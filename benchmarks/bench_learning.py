@@ -14,12 +14,12 @@ process, one after the other, with ``--threads`` threads:
 * **before**: the recipe of the book until December 2026: AdamW at 3e-3, the rate divided by 10
   after 80% of 1000 steps, every SSD augmentation, every batch drawn anew by one loader worker,
   and the tiny network as it was then, with batch norm in its five stages only (fc6, fc7 and
-  the extra layers without);
+  the extra layers without) and every pool after its stage's ReLU;
 * **after**: :func:`ssd_tutorial.zoo.shapes_recipe` with :func:`ssd_tutorial.zoo.training_loader`:
   AdamW at 1e-2 with a weight decay of 0.05 and a cosine decay over the quick mode's steps,
-  the batch-normalised tiny network, a pool of 4000 images drawn once and flipped a whole
-  batch at a time (:func:`ssd_tutorial.data.transforms.collate_flipped`) in the training
-  process.
+  the batch-normalised tiny network with its first two stages pooled before their norm and
+  ReLU, a pool of 4000 images drawn once and flipped a whole batch at a time
+  (:func:`ssd_tutorial.data.transforms.collate_flipped`) in the training process.
 
 Every ``--eval-every`` seconds of training the model is scored on the 300 validation images
 of the book (VOC2007 11-point mAP at IoU 0.5). The table gives the last mAP, the steps and
@@ -48,6 +48,8 @@ from timing import LEARNING_END, LEARNING_START, with_learning_section
 from torch.utils.data import DataLoader
 
 from ssd_tutorial import zoo
+from ssd_tutorial.anchors import SSD_TINY
+from ssd_tutorial.backbones import tiny_features
 from ssd_tutorial.data import CLASS_NAMES, collate
 from ssd_tutorial.evaluate import evaluate_model
 from ssd_tutorial.model import SSD, build_ssd
@@ -79,8 +81,10 @@ def before_recipe() -> TrainConfig:
     )
 
 
-def without_late_batch_norm(model: SSD) -> SSD:
-    """The tiny SSD as it was before: no batch norm after fc6, fc7 and the extra layers."""
+def before_network(num_classes: int) -> SSD:
+    """The tiny SSD as it was before: every pool after its stage's ReLU, and no batch norm
+    after fc6, fc7 and the extra layers."""
+    model = SSD(tiny_features(early_pools=0), SSD_TINY, num_classes)
     for block in (model.base.backbone.conv5_to_fc7, *model.base.extras.children()):
         for name, layer in block.named_children():
             if isinstance(layer, torch.nn.BatchNorm2d) and not name.startswith("bn5"):
@@ -199,9 +203,10 @@ def main(argv: list[str] | None = None) -> None:
     curves = []
     for name, (config, batches) in recipes.items():
         torch.manual_seed(0)
-        model = build_ssd(architecture, len(CLASS_NAMES))
         if name == "before" and architecture == "ssd_tiny":
-            model = without_late_batch_norm(model)
+            model = before_network(len(CLASS_NAMES))
+        else:
+            model = build_ssd(architecture, len(CLASS_NAMES))
         curves.append(
             train_for(name, model, config, batches, val, args.budget, args.eval_every, args.device)
         )

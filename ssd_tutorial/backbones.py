@@ -90,6 +90,12 @@ class VGGAtrous(nn.Module):
         batch_norm: put a BatchNorm after every conv of the five stages and after fc6 and fc7
             (not in SSD's VGG-16; it lets the small teaching model train from scratch at a high
             learning rate).
+        early_pools: in this many of the first three stages, the stage's 2x2 max pool comes
+            straight after its last conv, ahead of that conv's BatchNorm and ReLU, which then
+            run on a quarter of the pixels. Without batch norm nothing changes (a ReLU and a
+            max commute); with it the norm's statistics are taken over the pooled map. The
+            tiny model pools its first two stages early: at 128 px their full-resolution maps
+            are where the training step's time goes.
 
     Shape:
         ``[B, 3, S, S]`` -> ``[conv4_3 [B, stages[3][-1], S/8, S/8], fc7 [B, fc_channels, S/16,
@@ -103,22 +109,31 @@ class VGGAtrous(nn.Module):
         dilation: int = 6,
         l2norm_scale: float = 20.0,
         batch_norm: bool = False,
+        early_pools: int = 0,
     ) -> None:
         super().__init__()
         if len(stages) != 5 or not all(stages):
             raise ValueError(f"stages must list the conv widths of 5 stages, got {stages}")
+        if not 0 <= early_pools <= 3:
+            raise ValueError(f"early_pools must be 0 to 3 (pool1 .. pool3), got {early_pools}")
         self.stages = tuple(tuple(s) for s in stages)
         self.fc_channels = fc_channels
-        conv1_to_conv4 = [
-            *_vgg_stage(1, 3, stages[0], batch_norm),
-            ("pool1", nn.MaxPool2d(2, 2)),
-            *_vgg_stage(2, stages[0][-1], stages[1], batch_norm),
-            ("pool2", nn.MaxPool2d(2, 2)),
-            *_vgg_stage(3, stages[1][-1], stages[2], batch_norm),
+        pools = (
+            nn.MaxPool2d(2, 2),
+            nn.MaxPool2d(2, 2),
             # ceil_mode: an odd map (75 at 300 px) keeps its last row and column: 38, not 37
-            ("pool3", nn.MaxPool2d(2, 2, ceil_mode=True)),
-            *_vgg_stage(4, stages[2][-1], stages[3], batch_norm),
-        ]
+            nn.MaxPool2d(2, 2, ceil_mode=True),
+        )
+        conv1_to_conv4 = []
+        in_channels = 3
+        for stage, pool in enumerate(pools, start=1):
+            layers = _vgg_stage(stage, in_channels, stages[stage - 1], batch_norm)
+            # early: right after the last conv, before its norm and ReLU
+            at = len(layers) - (2 if batch_norm else 1) if stage <= early_pools else len(layers)
+            layers.insert(at, (f"pool{stage}", pool))
+            conv1_to_conv4 += layers
+            in_channels = stages[stage - 1][-1]
+        conv1_to_conv4 += _vgg_stage(4, in_channels, stages[3], batch_norm)
         conv5_to_fc7 = [
             ("pool4", nn.MaxPool2d(2, 2)),
             *_vgg_stage(5, stages[3][-1], stages[4], batch_norm),
@@ -248,9 +263,14 @@ def vgg16_features(extras: tuple[ExtraSpec, ...] = SSD300_EXTRAS) -> MultiScaleF
 
 #: The tiny base's five stages: one 3x3 conv each, 16 to 128 channels.
 TINY_STAGES: tuple[tuple[int, ...], ...] = ((16,), (32,), (64,), (96,), (128,))
+#: Stages of the tiny base that pool before their batch norm and ReLU (``VGGAtrous``'s
+#: ``early_pools``): the 128 x 128 and 64 x 64 maps of stages 1 and 2.
+TINY_EARLY_POOLS = 2
 
 
-def tiny_features(stages: tuple[tuple[int, ...], ...] = TINY_STAGES) -> MultiScaleFeatures:
+def tiny_features(
+    stages: tuple[tuple[int, ...], ...] = TINY_STAGES, early_pools: int = TINY_EARLY_POOLS
+) -> MultiScaleFeatures:
     """A small VGG-like base for teaching on a CPU: 128 px input, sources 16, 8, 4, 2, 1.
 
     The same parts as SSD300, thinner: one 3x3 conv per stage (16, 32, 64, 96, 128 channels),
@@ -260,12 +280,22 @@ def tiny_features(stages: tuple[tuple[int, ...], ...] = TINY_STAGES) -> MultiSca
     conv9_2 (96 x 2 x 2), conv10_2 (96 x 1 x 1). fc6 uses dilation 3: on an 8 x 8 map, taps 6 cells
     apart would mostly read padding.
 
+    Stages 1 and 2 pool right after their conv, before its batch norm and ReLU
+    (``early_pools``). Their full-resolution maps are few FLOPs but many bytes, and on a CPU
+    the norm and the ReLU on them, forward and backward, cost more of the training step than
+    any convolution; run on the pooled maps they cost a quarter of that. The function stays a
+    conv, a max pool, a norm and a ReLU per stage.
+
     Args:
         stages: the widths of each stage's 3x3 convs (as in :class:`VGGAtrous`); more convs per
             stage give a deeper base with the same source maps. The fourth stage's last width
             and fc7's 128 channels are the sources' channels.
+        early_pools: stages that pool before their norm and ReLU (0 puts every pool last, as
+            in VGG).
     """
-    backbone = VGGAtrous(stages, fc_channels=128, dilation=3, batch_norm=True)
+    backbone = VGGAtrous(
+        stages, fc_channels=128, dilation=3, batch_norm=True, early_pools=early_pools
+    )
     extras = ExtraLayers(128, ((48, 96, 3, 2, 1),) * 3, batch_norm=True)
     return MultiScaleFeatures(backbone, extras)
 

@@ -1,4 +1,5 @@
 import urllib.error
+from functools import partial
 
 import pytest
 import torch
@@ -65,8 +66,10 @@ def test_every_conv_of_the_tiny_base_is_batch_normalised():
         layers = list(block.children())
         for i, layer in enumerate(layers):
             if isinstance(layer, nn.Conv2d):
-                assert isinstance(layers[i + 1], nn.BatchNorm2d)
-                assert layers[i + 1].num_features == layer.out_channels
+                # the next layer, or the one after an early pool
+                after = layers[i + 2] if isinstance(layers[i + 1], nn.MaxPool2d) else layers[i + 1]
+                assert isinstance(after, nn.BatchNorm2d)
+                assert after.num_features == layer.out_channels
 
 
 def test_ssd300_base_has_no_batch_norm():
@@ -181,6 +184,51 @@ def test_load_vgg16_imagenet_rejects_other_widths_and_incomplete_state_dicts(tor
 def test_vgg_atrous_needs_five_stages():
     with pytest.raises(ValueError, match="stages must list the conv widths of 5 stages"):
         B.VGGAtrous(((8,), (8,), (8,), (8,)))
+
+
+@pytest.mark.parametrize("early_pools", [-1, 4])
+def test_early_pools_name_the_pools_they_can_move(early_pools):
+    with pytest.raises(ValueError, match=rf"early_pools must be 0 to 3 .*got {early_pools}"):
+        B.VGGAtrous(early_pools=early_pools)
+
+
+def test_early_pools_without_batch_norm_compute_the_same_function():
+    """A ReLU and a max pool commute, so without batch norm moving the pools changes nothing:
+    the same weights give the same sources."""
+    stages = ((4, 4), (8,), (8,), (8,), (8,))
+    torch.manual_seed(0)
+    late = B.VGGAtrous(stages, fc_channels=8, dilation=2).eval()
+    early = B.VGGAtrous(stages, fc_channels=8, dilation=2, early_pools=3).eval()
+    early.load_state_dict(late.state_dict())
+    names = list(dict(early.conv1_to_conv4.named_children()))
+    assert names.index("pool1") == names.index("conv1_2") + 1
+    assert names.index("pool3") == names.index("conv3_1") + 1
+    image = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        for a, b in zip(late(image), early(image)):
+            torch.testing.assert_close(a, b)
+
+
+def test_tiny_base_normalises_its_first_two_stages_after_pooling():
+    """Stages 1 and 2 of the tiny base pool right after their conv, so their batch norms and
+    ReLUs see a quarter of the pixels; stage 3 pools last, as VGG does."""
+    base = B.tiny_features().eval()
+    seen = {}
+
+    def record_input_shape(name, layer, inputs, output):
+        seen[name] = inputs[0].shape
+
+    for name in ("bn1_1", "relu1_1", "bn2_1", "bn3_1", "pool3"):
+        layer = getattr(base.backbone.conv1_to_conv4, name)
+        layer.register_forward_hook(partial(record_input_shape, name))
+    with torch.no_grad():
+        base(torch.randn(1, 3, 128, 128))
+    assert seen["bn1_1"][-1] == seen["relu1_1"][-1] == 64  # pooled from 128
+    assert seen["bn2_1"][-1] == 32  # pooled from 64
+    assert seen["bn3_1"][-1] == seen["pool3"][-1] == 32  # normalised, then pooled
+    late = B.tiny_features(early_pools=0)
+    order = list(dict(late.backbone.conv1_to_conv4.named_children()))
+    assert order[:4] == ["conv1_1", "bn1_1", "relu1_1", "pool1"]
 
 
 class _UnreachableWeights:

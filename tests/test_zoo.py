@@ -10,7 +10,7 @@ from ssd_tutorial import ablation, zoo
 from ssd_tutorial.anchors import SSD_TINY
 from ssd_tutorial.backbones import tiny_features
 from ssd_tutorial.data.shapes import CLASS_NAMES
-from ssd_tutorial.model import SSD, build_ssd
+from ssd_tutorial.model import SSD
 from ssd_tutorial.train import PRESETS, Trainer
 
 #: mAP on 100 validation images after 150 steps: the book's recipe gave 0.175, the earlier 0.028.
@@ -147,7 +147,7 @@ def test_a_short_run_of_the_recipe_beats_the_earlier_recipe(tmp_path):
 
     bench = _bench_learning()
     torch.manual_seed(0)
-    earlier = bench.without_late_batch_norm(build_ssd("ssd_tiny", len(CLASS_NAMES)))
+    earlier = bench.before_network(len(CLASS_NAMES))
     config = dataclasses.replace(bench.before_recipe(), max_steps=steps)
     Trainer(earlier, config, device="cpu", progress=False).fit(bench.before_loader(128))
     before = ablation.evaluate_variant(earlier, 100)["map"]
