@@ -94,8 +94,7 @@ class VGGAtrous(nn.Module):
             straight after its last conv, ahead of that conv's BatchNorm and ReLU, which then
             run on a quarter of the pixels. Without batch norm nothing changes (a ReLU and a
             max commute); with it the norm's statistics are taken over the pooled map. The
-            tiny model pools its first two stages early: at 128 px their full-resolution maps
-            are where the training step's time goes.
+            tiny model pools its first two stages early (see :func:`tiny_features`).
 
     Shape:
         ``[B, 3, S, S]`` -> ``[conv4_3 [B, stages[3][-1], S/8, S/8], fc7 [B, fc_channels, S/16,
@@ -281,10 +280,10 @@ def tiny_features(
     apart would mostly read padding.
 
     Stages 1 and 2 pool right after their conv, before its batch norm and ReLU
-    (``early_pools``). Their full-resolution maps are few FLOPs but many bytes, and on a CPU
-    the norm and the ReLU on them, forward and backward, cost more of the training step than
-    any convolution; run on the pooled maps they cost a quarter of that. The function stays a
-    conv, a max pool, a norm and a ReLU per stage.
+    (``early_pools``). Their full-resolution maps hold few FLOPs but many bytes: on a CPU the
+    norm and the ReLU on them, forward and backward, are memory-bound work that grows with the
+    pixels, and run on the pooled maps they cost a quarter of it (chapter 8 times a training
+    pass both ways). Each stage is still a conv, a max pool, a norm and a ReLU.
 
     Args:
         stages: the widths of each stage's 3x3 convs (as in :class:`VGGAtrous`); more convs per
