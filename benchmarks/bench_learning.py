@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         page = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
         RESULTS.write_text(with_learning_section(page, section))
+        figure(curves, args.budget, f"{architecture}: validation mAP against training time")
         print(f"written to {RESULTS} and {FIGURE}")
 
 

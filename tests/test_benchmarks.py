@@ -1,13 +1,16 @@
-"""The benchmarks' shared helpers (``benchmarks/timing.py``) that write RESULTS.md."""
+"""The benchmarks' shared helpers (``benchmarks/timing.py``) that write RESULTS.md, and the
+learning benchmark that writes its own section of it."""
 
 import sys
-from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+import pytest
+
+from conftest import BENCHMARKS, load_benchmark
+
 if str(BENCHMARKS) not in sys.path:
     sys.path.append(str(BENCHMARKS))
 
-from timing import (  # noqa: E402 (the benchmarks folder is not a package)
+from timing import (
     LEARNING_END,
     LEARNING_START,
     RESULTS_END,
@@ -40,3 +43,16 @@ def test_the_committed_results_page_has_a_learning_section_the_book_can_include(
     # the book's includes end at these markers: each must be there, before the learning part
     assert ":end-before: <!-- /results -->" in book and ":start-after: <!-- learning -->" in book
     assert page.index("<!-- results -->") < page.index(RESULTS_END) < page.index(LEARNING_START)
+
+
+@pytest.mark.slow
+def test_the_learning_benchmark_writes_its_table_and_its_figure(tmp_path, monkeypatch):
+    """A short run of ``bench_learning.py --write``: both recipes' rows in the results page's
+    learning section, and the curves' figure beside it."""
+    bench = load_benchmark("bench_learning")
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(bench, "FIGURE", tmp_path / "learning_curve.png")
+    bench.main(["--budget", "2", "--eval-every", "1", "--write"])
+    section = learning_section((tmp_path / "RESULTS.md").read_text())
+    assert "| before |" in section and "| after |" in section
+    assert (tmp_path / "learning_curve.png").read_bytes().startswith(b"\x89PNG")

@@ -1,11 +1,9 @@
 import dataclasses
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import load_benchmark
 from ssd_tutorial import ablation, zoo
 from ssd_tutorial.anchors import SSD_TINY
 from ssd_tutorial.backbones import tiny_features
@@ -124,18 +122,6 @@ def test_variants_train_their_own_network_and_data_in_their_own_folder(tmp_path,
         zoo.shapes_model(1, tmp_path, False, name="two_ratios")
 
 
-def _bench_learning():
-    """benchmarks/bench_learning.py, which defines the earlier recipe."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_learning.py"
-    if str(path.parent) not in sys.path:
-        sys.path.append(str(path.parent))  # for the benchmarks' shared timing module
-    spec = importlib.util.spec_from_file_location("bench_learning", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_a_short_run_of_the_recipe_beats_the_earlier_recipe(tmp_path):
     """150 seeded steps of each recipe, scored on the same 100 validation images: the book's
@@ -145,7 +131,7 @@ def test_a_short_run_of_the_recipe_beats_the_earlier_recipe(tmp_path):
     model, _ = zoo.shapes_model(steps, tmp_path, progress=False)
     after = ablation.evaluate_variant(model, 100)["map"]
 
-    bench = _bench_learning()
+    bench = load_benchmark("bench_learning")
     torch.manual_seed(0)
     earlier = bench.before_network(len(CLASS_NAMES))
     config = dataclasses.replace(bench.before_recipe(), max_steps=steps)
