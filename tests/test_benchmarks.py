@@ -4,6 +4,7 @@ learning benchmark that writes its own section of it."""
 import sys
 
 import pytest
+import torch
 
 from conftest import BENCHMARKS, load_benchmark
 
@@ -52,7 +53,8 @@ def test_the_learning_benchmark_writes_its_table_and_its_figure(tmp_path, monkey
     bench = load_benchmark("bench_learning")
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "RESULTS.md")
     monkeypatch.setattr(bench, "FIGURE", tmp_path / "learning_curve.png")
-    bench.main(["--budget", "2", "--eval-every", "1", "--write"])
+    threads = str(torch.get_num_threads())  # the run sets them: keep this process's
+    bench.main(["--budget", "2", "--eval-every", "1", "--threads", threads, "--write"])
     section = learning_section((tmp_path / "RESULTS.md").read_text())
     assert "| before |" in section and "| after |" in section
     assert (tmp_path / "learning_curve.png").read_bytes().startswith(b"\x89PNG")
