@@ -92,13 +92,13 @@ def before_network(num_classes: int) -> SSD:
     return model
 
 
-def before_loader(size: int) -> DataLoader:
-    """Every batch drawn anew with all of SSD's augmentations, by one loader worker."""
+def before_loader(size: int, workers: int = 1) -> DataLoader:
+    """Every batch drawn anew with all of SSD's augmentations, by ``workers`` loader workers."""
     data = zoo.shapes_data(
         "train", zoo.STEPS_PER_EPOCH * zoo.BATCH_SIZE, size=size, augmentations={}
     )
     return DataLoader(
-        data, batch_size=zoo.BATCH_SIZE, shuffle=True, collate_fn=collate, num_workers=1
+        data, batch_size=zoo.BATCH_SIZE, shuffle=True, collate_fn=collate, num_workers=workers
     )
 
 

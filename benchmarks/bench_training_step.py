@@ -32,11 +32,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+from bench_learning import before_loader
 from timing import environment
 from torch.utils.data import DataLoader
 
 from ssd_tutorial import zoo
-from ssd_tutorial.anchors import default_boxes
+from ssd_tutorial.anchors import SSD_TINY, default_boxes
 from ssd_tutorial.backbones import tiny_features
 from ssd_tutorial.data import CLASS_NAMES, collate
 from ssd_tutorial.evaluate import evaluate_model
@@ -102,7 +103,7 @@ def _endless(make_loader: Callable[[], DataLoader]) -> Iterator:
 
 def pools_last(num_classes: int) -> SSD:
     """The tiny SSD with every pool after its stage's ReLU, as VGG orders them."""
-    return SSD(tiny_features(early_pools=0), build_ssd("ssd_tiny", num_classes).config, num_classes)
+    return SSD(tiny_features(early_pools=0), SSD_TINY, num_classes)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,18 +139,14 @@ def main(argv: list[str] | None = None) -> None:
     evaluate_model(model, val, class_names=CLASS_NAMES, progress=False)
     print(f"\nScoring the 300 validation images: {time.perf_counter() - start:.1f} s\n")
 
-    def drawn_anew(workers: int) -> DataLoader:
-        data = zoo.shapes_data(
-            "train", (WARMUP_STEPS + args.steps) * zoo.BATCH_SIZE, augmentations={}
-        )
-        return DataLoader(
-            data, zoo.BATCH_SIZE, shuffle=True, collate_fn=collate, num_workers=workers
-        )
-
     feeds = {
         "pool, flipped in the training process (book)": lambda: _endless(zoo.training_loader),
-        "drawn anew, all augmentations, 1 worker": lambda: iter(drawn_anew(1)),
-        "drawn anew, all augmentations, 2 workers": lambda: iter(drawn_anew(2)),
+        "drawn anew, all augmentations, 1 worker": lambda: iter(
+            before_loader(zoo.IMAGE_SIZE, workers=1)
+        ),
+        "drawn anew, all augmentations, 2 workers": lambda: iter(
+            before_loader(zoo.IMAGE_SIZE, workers=2)
+        ),
     }
     print("| fed from | img/s |")
     print("| --- | ---: |")
