@@ -1,13 +1,13 @@
-"""How fast the book's tiny SSD learns: validation mAP against training seconds, two recipes.
+"""How fast the book's tiny SSD learns: validation mAP against training seconds, by recipe.
 
 Run from the repository root::
 
     make bench                                        # with the speed table, into RESULTS.md
-    python benchmarks/bench_learning.py --write       # this benchmark alone (about 7 minutes)
+    python benchmarks/bench_learning.py --write       # this benchmark alone (about 11 minutes)
     python benchmarks/bench_learning.py --budget 60   # a shorter budget, printed only
     python benchmarks/bench_learning.py --device cuda --write   # SSD300 at 300 px on a GPU
 
-Both recipes train from the same initial weights (seed 0) for the same wall-clock budget of
+The recipes train from the same initial weights (seed 0) for the same wall-clock budget of
 training (``--budget`` seconds, the clock paused while the model is evaluated), in one
 process, one after the other, with ``--threads`` threads:
 
@@ -19,7 +19,11 @@ process, one after the other, with ``--threads`` threads:
   AdamW at 1e-2 with a weight decay of 0.05 and a cosine decay over the quick mode's steps,
   the batch-normalised tiny network with its first two stages pooled before their norm and
   ReLU, a pool of 4000 images drawn once and flipped a whole batch at a time
-  (:func:`ssd_tutorial.data.transforms.collate_flipped`) in the training process.
+  (:func:`ssd_tutorial.data.transforms.collate_flipped`) in the training process, and the
+  forward pass in bfloat16 where the CPU has bfloat16 arithmetic
+  (:func:`ssd_tutorial.train.cpu_has_bf16`: ``Trainer``'s default ``amp="bf16"``);
+* **after, float32**, on such a CPU only: the same recipe with ``amp=None``, as a CPU without
+  bfloat16 arithmetic runs it.
 
 Every ``--eval-every`` seconds of training the model is scored on the 300 validation images
 of the book (VOC2007 11-point mAP at IoU 0.5). The table gives the last mAP, the steps and
@@ -31,6 +35,7 @@ curves in ``benchmarks/learning_curve.png``, which the book's speed appendix sho
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import platform
 import sys
@@ -53,7 +58,7 @@ from ssd_tutorial.backbones import tiny_features
 from ssd_tutorial.data import CLASS_NAMES, collate
 from ssd_tutorial.evaluate import evaluate_model
 from ssd_tutorial.model import SSD, build_ssd
-from ssd_tutorial.train import TrainConfig, Trainer
+from ssd_tutorial.train import TrainConfig, Trainer, cpu_has_bf16
 from ssd_tutorial.train import _seed_epoch as seed_epoch
 
 HERE = Path(__file__).resolve().parent
@@ -75,9 +80,16 @@ class Curve:
 
 
 def before_recipe() -> TrainConfig:
-    """The book's earlier recipe: AdamW 3e-3, 50 warm-up steps, /10 after 800 of 1000 steps."""
+    """The book's earlier recipe: AdamW 3e-3, 50 warm-up steps, /10 after 800 of 1000 steps,
+    in float32 (it had no mixed precision on a CPU)."""
     return TrainConfig(
-        optimizer="adamw", lr=3e-3, warmup_steps=50, milestones=(800,), max_steps=1000, epochs=10
+        optimizer="adamw",
+        lr=3e-3,
+        warmup_steps=50,
+        milestones=(800,),
+        max_steps=1000,
+        epochs=10,
+        amp=None,
     )
 
 
@@ -196,10 +208,13 @@ def main(argv: list[str] | None = None) -> None:
         zoo.shapes_data("val", 300, augment=False, size=size), batch_size=100, collate_fn=collate
     )
     steps = zoo.SHAPES_STEPS["quick"]
-    recipes = {
-        "before": (before_recipe(), before_loader(size)),
-        "after": (zoo.shapes_recipe(steps), zoo.training_loader(size)),
-    }
+    recipes = {"before": (before_recipe(), before_loader(size))}
+    if args.device == "cpu" and cpu_has_bf16():  # the book's recipe as a CPU without it runs it
+        recipes["after, float32"] = (
+            dataclasses.replace(zoo.shapes_recipe(steps), amp=None),
+            zoo.training_loader(size),
+        )
+    recipes["after"] = (zoo.shapes_recipe(steps), zoo.training_loader(size))
     curves = []
     for name, (config, batches) in recipes.items():
         torch.manual_seed(0)

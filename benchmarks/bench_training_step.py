@@ -12,12 +12,14 @@ Prints two Markdown tables:
    it (:func:`ssd_tutorial.zoo.training_loader`), the forward pass, the MultiBox loss
    (matching, encoding and hard negative mining included), the backward pass and the AdamW
    step, for the tiny network as the book builds it (stages 1 and 2 pooled before their norm
-   and ReLU) and with every pool last, from the same weights on the same batches; then the
+   and ReLU) and with every pool last, in float32, and, on a CPU with bfloat16 arithmetic
+   (:func:`ssd_tutorial.train.cpu_has_bf16`), the book's network under the bfloat16 autocast
+   that ``Trainer`` uses there, all from the same weights on the same batches; then the
    seconds that scoring the 300 validation images takes;
-2. images per second of whole training steps fed three ways: from the pool in the training
-   process (the book's way), and from a ``DataLoader`` whose one or two workers draw every image
-   anew with all of SSD's augmentations (the earlier way), which share the machine's cores
-   with the step's threads.
+2. images per second of whole training steps (``Trainer.train_step``, mixed precision as
+   above) fed three ways: from the pool in the training process (the book's way), and from a
+   ``DataLoader`` whose one or two workers draw every image anew with all of SSD's
+   augmentations (the earlier way), which share the machine's cores with the step's threads.
 
 Each part is timed with the clock around it (no profiler), the median over the timed steps after
 a few warm-up steps.
@@ -26,6 +28,7 @@ a few warm-up steps.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -43,7 +46,7 @@ from ssd_tutorial.data import CLASS_NAMES, collate
 from ssd_tutorial.evaluate import evaluate_model
 from ssd_tutorial.loss import MultiBoxLoss
 from ssd_tutorial.model import SSD, build_ssd
-from ssd_tutorial.train import Trainer
+from ssd_tutorial.train import Trainer, cpu_has_bf16
 
 PARTS = ("data", "forward", "loss", "backward", "optimiser")
 WARMUP_STEPS = 3
@@ -57,9 +60,12 @@ def _clock(times: dict[str, list[float]], part: str) -> Iterator[None]:
     times[part].append(time.perf_counter() - start)
 
 
-def step_parts(model: SSD, batches: Iterator, steps: int) -> dict[str, float]:
+def step_parts(
+    model: SSD, batches: Iterator, steps: int, autocast: torch.dtype | None = None
+) -> dict[str, float]:
     """Median milliseconds of each of :data:`PARTS` over ``steps`` training steps of ``model``
-    (AdamW with the book's preset), reading its batches from ``batches``."""
+    (AdamW with the book's preset), reading its batches from ``batches``, the forward pass under
+    a CPU autocast to ``autocast`` (``None``: float32)."""
     model.train()
     priors = default_boxes(model.config)
     criterion = MultiBoxLoss()
@@ -71,7 +77,10 @@ def step_parts(model: SSD, batches: Iterator, steps: int) -> dict[str, float]:
     for _ in range(WARMUP_STEPS + steps):
         with _clock(times, "data"):
             images, boxes, labels = next(batches)[:3]
-        with _clock(times, "forward"):
+        with (
+            _clock(times, "forward"),
+            torch.autocast("cpu", dtype=autocast or torch.float32, enabled=autocast is not None),
+        ):
             loc, conf = model(images)
         with _clock(times, "loss"):
             terms = criterion(loc, conf, boxes, labels, priors)
@@ -117,14 +126,19 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     num_classes = len(CLASS_NAMES)
     torch.manual_seed(0)
-    networks = {"pools first (book)": build_ssd("ssd_tiny", num_classes)}
-    networks["pools last"] = pools_last(num_classes)
-    networks["pools last"].load_state_dict(networks["pools first (book)"].state_dict())
+    book = build_ssd("ssd_tiny", num_classes)
+    late = pools_last(num_classes)
+    late.load_state_dict(book.state_dict())
+    initial = copy.deepcopy(book.state_dict())
+    variants = [("pools first, float32", book, None), ("pools last, float32", late, None)]
+    if cpu_has_bf16():  # what Trainer's default amp="bf16" does on this CPU
+        variants.append(("pools first, bfloat16 autocast", book, torch.bfloat16))
 
     rows = []
-    for name, model in networks.items():
-        torch.manual_seed(0)  # the same batches for both networks
-        parts = step_parts(model, _endless(zoo.training_loader), args.steps)
+    for name, model, autocast in variants:
+        model.load_state_dict(initial)
+        torch.manual_seed(0)  # the same batches for every row
+        parts = step_parts(model, _endless(zoo.training_loader), args.steps, autocast)
         total = sum(parts.values())
         cells = " | ".join(f"{parts[p]:.1f}" for p in PARTS)
         rows.append(f"| {name} | {cells} | {total:.1f} | {1000 * zoo.BATCH_SIZE / total:.0f} |")
@@ -134,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(rows))
 
     val = DataLoader(zoo.shapes_data("val", 300, augment=False), batch_size=100, collate_fn=collate)
-    model = networks["pools first (book)"].eval()
+    model = book.eval()
     start = time.perf_counter()
     evaluate_model(model, val, class_names=CLASS_NAMES, progress=False)
     print(f"\nScoring the 300 validation images: {time.perf_counter() - start:.1f} s\n")

@@ -33,7 +33,7 @@ from ssd_tutorial.model import SSD, config_for_size, count_parameters
 from ssd_tutorial.postprocess import detect
 from ssd_tutorial.profiling import time_ms
 from ssd_tutorial.variants import SelectedSources, TopDownContext, select_maps
-from ssd_tutorial.zoo import POOL_IMAGES, SHORT_RUN_AUGMENTATIONS, shapes_data, shapes_model
+from ssd_tutorial.zoo import SHORT_RUN_AUGMENTATIONS, shapes_data, shapes_model
 
 #: Object-size buckets by box area relative to the image (:mod:`ssd_tutorial.data.sizes`):
 #: COCO's small and large thresholds, as fractions of the image area.
@@ -183,7 +183,7 @@ def run_variant(
             model's, flips only; ``AUGMENTATION_ABLATION`` has the others).
         num_images: validation images for :func:`evaluate_variant`.
         pool_images: train on the first this many training images only (default: the zoo's
-            pool, :data:`~ssd_tutorial.zoo.POOL_IMAGES`), and score those too.
+            pool, :data:`~ssd_tutorial.zoo.SHAPES_POOL_IMAGES`), and score those too.
 
     Returns:
         :func:`evaluate_variant`'s metrics, with ``boxes`` (the number of default boxes),
@@ -199,7 +199,7 @@ def run_variant(
         progress=progress,
         seed=seed,
         validate=False,  # scored below, once, overall and by object size
-        pool_images=pool_images or POOL_IMAGES,
+        pool_images=pool_images,
     )
     metrics = evaluate_variant(model, num_images)
     if pool_images is not None:

@@ -450,7 +450,10 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
     p.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
     p.add_argument(
-        "--amp", choices=("bf16", "fp16", "none"), default="bf16", help="mixed precision (CUDA)"
+        "--amp",
+        choices=("bf16", "fp16", "none"),
+        default="bf16",
+        help="mixed precision: bf16 or fp16 on CUDA, bf16 on a CPU with bfloat16 arithmetic",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument(

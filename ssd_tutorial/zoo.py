@@ -3,7 +3,7 @@
 No weights can be downloaded where the book is built, so the book trains its own.
 :func:`shapes_model` trains ``build_ssd("ssd_tiny", ...)`` on
 :class:`~ssd_tutorial.data.shapes.SyntheticShapes` with :func:`shapes_recipe` the first time it
-is asked for (three minutes on two CPU cores in quick mode) and loads it from a cache folder
+is asked for (under three minutes on two CPU cores in quick mode) and loads it from a cache folder
 afterwards, so that the chapters on training, inference and evaluation share one run. The
 discussion chapters train variants with the same recipe (another network, other default boxes,
 other augmentations), each under its own ``name``.
@@ -11,12 +11,16 @@ other augmentations), each under its own ``name``.
 The recipe is made for two CPU cores (``benchmarks/bench_learning.py`` measures it against the
 earlier one):
 
-* a pool of :data:`POOL_IMAGES` training images drawn once per process
+* a pool of training images (:data:`SHAPES_POOL_IMAGES`) drawn once per process
   (:class:`~ssd_tutorial.data.pool.ImagePool`) and augmented in the training process, with no
-  loader worker: on two cores a worker takes the training step's threads away from it;
+  loader worker: on two cores a worker takes the training step's threads away from it; a
+  full run's pool is larger, so that it goes through it about as often as a quick run does
+  through its own, instead of learning the pool's images by heart;
 * the flips done on whole batches (:func:`~ssd_tutorial.data.transforms.collate_flipped`);
 * AdamW at a high rate with a cosine decay to zero (:data:`~ssd_tutorial.train.PRESETS`
   ``tiny_cpu``, ``schedule="cosine"``);
+* the forward pass in bfloat16 on a CPU that computes in it (``Trainer``'s default
+  ``amp="bf16"``, :func:`~ssd_tutorial.train.cpu_has_bf16`), in float32 elsewhere;
 * horizontal flips only (:data:`SHORT_RUN_AUGMENTATIONS`): in a run of a few passes over the
   pool, SSD's zoom out and IoU crops spread the object sizes over a range the validation
   images never show, and cost more than they give; they pay off in long runs that would
@@ -49,15 +53,16 @@ from ssd_tutorial.evaluate import evaluate_model
 from ssd_tutorial.model import SSD, build_ssd
 from ssd_tutorial.train import PRESETS, TrainConfig, Trainer
 
-#: Training steps (batches of 32) of :func:`shapes_model`: in quick mode (about three minutes
-#: of training on two CPU cores), and at full size.
-SHAPES_STEPS: dict[str, int] = {"quick": 1400, "full": 2800}
+#: Training steps (batches of 32) of :func:`shapes_model`: in quick mode (under three minutes
+#: of training on two CPU cores with bfloat16 arithmetic), and at full size.
+SHAPES_STEPS: dict[str, int] = {"quick": 1600, "full": 5600}
 #: Steps between two evaluations during training (one "epoch" of the run).
 STEPS_PER_EPOCH = 100
 BATCH_SIZE = 32
 IMAGE_SIZE = 128
-#: Training images in the pool that every run draws its batches from.
-POOL_IMAGES = 4000
+#: Training images in the pool that a run draws its batches from, in quick mode and at full
+#: size: about 13 and 22 passes over the pool in :data:`SHAPES_STEPS`.
+SHAPES_POOL_IMAGES: dict[str, int] = {"quick": 4000, "full": 8000}
 #: The augmentations of :func:`shapes_model` unless asked otherwise: horizontal flips only
 #: (switches of :func:`~ssd_tutorial.data.transforms.train_transforms`).
 SHORT_RUN_AUGMENTATIONS: dict[str, bool] = {
@@ -83,7 +88,7 @@ def shapes_recipe(steps: int, seed: int = 0) -> TrainConfig:
 def training_loader(
     size: int = IMAGE_SIZE,
     augmentations: Mapping[str, bool] | None = None,
-    pool_images: int = POOL_IMAGES,
+    pool_images: int | None = None,
 ) -> DataLoader:
     """The batches of one epoch of :func:`shapes_model`'s training: :data:`STEPS_PER_EPOCH`
     batches of :data:`BATCH_SIZE`, drawn without repetition from a pool of ``pool_images``
@@ -95,8 +100,9 @@ def training_loader(
         size: image side in pixels (the model's input size).
         augmentations: switches of :func:`~ssd_tutorial.data.transforms.train_transforms`;
             ``None`` gives :data:`SHORT_RUN_AUGMENTATIONS`, ``{}`` all of SSD's.
-        pool_images: size of the pool.
+        pool_images: size of the pool (default :data:`SHAPES_POOL_IMAGES`, by quick mode).
     """
+    pool_images = pool_images or SHAPES_POOL_IMAGES[_mode()]
     if augmentations is None:
         augmentations = SHORT_RUN_AUGMENTATIONS
     # Flips alone are done on the whole batch at once (see train_pipeline).
@@ -140,7 +146,7 @@ def shapes_model(
     augmentations: Mapping[str, bool] | None = None,
     seed: int = 0,
     validate: bool = True,
-    pool_images: int = POOL_IMAGES,
+    pool_images: int | None = None,
     train_if_missing: bool = True,
 ) -> tuple[SSD, tuple[str, ...]]:
     """An SSD trained on the synthetic shapes, trained now or loaded from the cache.
@@ -161,7 +167,8 @@ def shapes_model(
             of the training chapter's curves, and the mAP that ``progress`` prints); runs that
             are scored once they are done (chapter 12's variants) save that time with ``False``.
         pool_images: the training images the batches are drawn from (the first ones of the
-            training split); a small pool is a training set that the network can overfit.
+            training split; default :data:`SHAPES_POOL_IMAGES`, by quick mode); a small pool
+            is a training set that the network can overfit.
         train_if_missing: train when the cache has no finished run; with ``False`` a missing run
             is an error (the book's live detector page must show the chapters' model, which
             the chapters trained, rather than train one of its own).
@@ -174,6 +181,7 @@ def shapes_model(
         FileNotFoundError: the cache has no finished run and ``train_if_missing`` is ``False``.
     """
     steps = steps or _default_steps()
+    pool_images = pool_images or SHAPES_POOL_IMAGES[_mode()]
     build = build or partial(build_ssd, "ssd_tiny")
     run = shapes_run_dir(steps, cache_dir, name, seed)
     checkpoint = run / "model.pt"
@@ -199,8 +207,8 @@ def _train(
     run: Path,
     progress: bool,
     augmentations: Mapping[str, bool] | None,
-    validate: bool = True,
-    pool_images: int = POOL_IMAGES,
+    validate: bool,
+    pool_images: int,
 ) -> None:
     """Train ``model`` with ``recipe`` on the first ``pool_images`` training images and leave
     ``run / "model.pt"`` when done; score the validation images after every epoch if
@@ -250,4 +258,8 @@ def shapes_run_dir(
 
 
 def _default_steps() -> int:
-    return SHAPES_STEPS["quick" if quick_mode() else "full"]
+    return SHAPES_STEPS[_mode()]
+
+
+def _mode() -> str:
+    return "quick" if quick_mode() else "full"

@@ -1,13 +1,16 @@
 import csv
 import math
+import re
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from conftest import tiny_trainer
+from ssd_tutorial import train
 from ssd_tutorial.data.shapes import CLASS_NAMES, SyntheticShapes
 from ssd_tutorial.data.transforms import collate, eval_transforms, train_transforms
 from ssd_tutorial.train import (
@@ -126,6 +129,29 @@ def test_a_diverging_run_stops_with_a_message_naming_the_step():
 def test_bad_configs_are_rejected(changes, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**changes)
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+@pytest.mark.parametrize("amp", ["bf16", "fp16", None])
+def test_a_cpu_runs_the_forward_pass_in_bf16_only_where_it_computes_in_it(
+    amp, has_bf16, monkeypatch
+):
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: has_bf16)
+    trainer = tiny_trainer(TrainConfig(optimizer="adamw", amp=amp))
+    seen = []
+    trainer.model.register_forward_hook(lambda module, inputs, out: seen.append(out[1].dtype))
+    trainer.train_step(next(iter(loader(2, 2, augment=False))))
+    in_bf16 = amp == "bf16" and has_bf16
+    assert seen == [torch.bfloat16 if in_bf16 else torch.float32]
+    assert trainer.amp_dtype == (torch.bfloat16 if in_bf16 else None)
+    assert not trainer.scaler.is_enabled()  # no float16 on a CPU, so nothing to scale
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="reads Linux's /proc/cpuinfo")
+def test_cpu_has_bf16_agrees_with_the_cpu_flags():
+    flags = set(re.findall(r"\b(avx512_bf16|amx_tile)\b", Path("/proc/cpuinfo").read_text()))
+    assert train.cpu_has_bf16() == (bool(flags) and torch.backends.mkldnn.is_available())
 
 
 def test_class_names_must_match_the_model():

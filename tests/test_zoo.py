@@ -92,7 +92,9 @@ def test_the_seed_sets_the_initial_weights_and_the_data_order(monkeypatch, tmp_p
 
 
 @pytest.mark.slow
-def test_variants_train_their_own_network_and_data_in_their_own_folder(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_variants_train_their_own_network_and_data_in_their_own_folder(mode, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSD_TUTORIAL_QUICK", "1" if mode == "quick" else "0")
     asked = []
     real_data, real_loader = zoo.shapes_data, zoo.training_loader
 
@@ -100,7 +102,7 @@ def test_variants_train_their_own_network_and_data_in_their_own_folder(tmp_path,
         asked.append((split, augment, size, augmentations))
         return real_data(split, length, augment, size, augmentations)
 
-    def record_loader(size=128, augmentations=None, pool_images=zoo.POOL_IMAGES):
+    def record_loader(size=128, augmentations=None, pool_images=None):
         asked.append(("train pool", size, augmentations, pool_images))
         return real_loader(size, augmentations, pool_images=zoo.BATCH_SIZE)
 
@@ -115,7 +117,7 @@ def test_variants_train_their_own_network_and_data_in_their_own_folder(tmp_path,
         1, tmp_path, False, name="two_ratios", build=build, augmentations={"flip": False}
     )
     assert model.config == fewer_boxes and model.config.num_boxes < SSD_TINY.num_boxes
-    train = ("train pool", 128, {"flip": False}, zoo.POOL_IMAGES)
+    train = ("train pool", 128, {"flip": False}, zoo.SHAPES_POOL_IMAGES[mode])
     assert asked == [train, ("val", False, 128, None)]
     assert (tmp_path / "two_ratios_shapes_1_steps" / "model.pt").is_file()
     with pytest.raises(ValueError, match="another model"):  # the cache is per name
