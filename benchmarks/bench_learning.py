@@ -18,7 +18,8 @@ process, one after the other, with ``--threads`` threads:
 * **after**: :func:`ssd_tutorial.zoo.shapes_recipe` with :func:`ssd_tutorial.zoo.training_loader`:
   AdamW at 1e-2 with a weight decay of 0.05 and a cosine decay over the quick mode's steps,
   the batch-normalised tiny network with its first two stages pooled before their norm and
-  ReLU, a pool of 4000 images drawn once and flipped a whole batch at a time
+  ReLU, the quick mode's pool of images (``zoo.SHAPES_POOL_IMAGES["quick"]``, whatever
+  ``SSD_TUTORIAL_QUICK`` says) drawn once and flipped a whole batch at a time
   (:func:`ssd_tutorial.data.transforms.collate_flipped`) in the training process, and the
   forward pass in bfloat16 where the CPU has bfloat16 arithmetic
   (:func:`ssd_tutorial.train.cpu_has_bf16`: ``Trainer``'s default ``amp="bf16"``);
@@ -207,14 +208,15 @@ def main(argv: list[str] | None = None) -> None:
     val = DataLoader(
         zoo.shapes_data("val", 300, augment=False, size=size), batch_size=100, collate_fn=collate
     )
-    steps = zoo.SHAPES_STEPS["quick"]
+    # The book's quick mode, whatever SSD_TUTORIAL_QUICK says: its steps and its pool.
+    steps, pool = zoo.SHAPES_STEPS["quick"], zoo.SHAPES_POOL_IMAGES["quick"]
     recipes = {"before": (before_recipe(), before_loader(size))}
     if args.device == "cpu" and cpu_has_bf16():  # the book's recipe as a CPU without it runs it
         recipes["after, float32"] = (
             dataclasses.replace(zoo.shapes_recipe(steps), amp=None),
-            zoo.training_loader(size),
+            zoo.training_loader(size, pool_images=pool),
         )
-    recipes["after"] = (zoo.shapes_recipe(steps), zoo.training_loader(size))
+    recipes["after"] = (zoo.shapes_recipe(steps), zoo.training_loader(size, pool_images=pool))
     curves = []
     for name, (config, batches) in recipes.items():
         torch.manual_seed(0)
