@@ -115,6 +115,12 @@ def before_loader(size: int, workers: int = 1) -> DataLoader:
     )
 
 
+def after_loader(size: int) -> DataLoader:
+    """The book's batches in quick mode, whatever ``SSD_TUTORIAL_QUICK`` says: its pool of
+    images, flipped a whole batch at a time (:func:`ssd_tutorial.zoo.training_loader`)."""
+    return zoo.training_loader(size, pool_images=zoo.SHAPES_POOL_IMAGES["quick"])
+
+
 def train_for(
     name: str,
     model: SSD,
@@ -208,15 +214,11 @@ def main(argv: list[str] | None = None) -> None:
     val = DataLoader(
         zoo.shapes_data("val", 300, augment=False, size=size), batch_size=100, collate_fn=collate
     )
-    # The book's quick mode, whatever SSD_TUTORIAL_QUICK says: its steps and its pool.
-    steps, pool = zoo.SHAPES_STEPS["quick"], zoo.SHAPES_POOL_IMAGES["quick"]
+    after = zoo.shapes_recipe(zoo.SHAPES_STEPS["quick"])  # quick mode, as after_loader
     recipes = {"before": (before_recipe(), before_loader(size))}
     if args.device == "cpu" and cpu_has_bf16():  # the book's recipe as a CPU without it runs it
-        recipes["after, float32"] = (
-            dataclasses.replace(zoo.shapes_recipe(steps), amp=None),
-            zoo.training_loader(size, pool_images=pool),
-        )
-    recipes["after"] = (zoo.shapes_recipe(steps), zoo.training_loader(size, pool_images=pool))
+        recipes["after, float32"] = (dataclasses.replace(after, amp=None), after_loader(size))
+    recipes["after"] = (after, after_loader(size))
     curves = []
     for name, (config, batches) in recipes.items():
         torch.manual_seed(0)

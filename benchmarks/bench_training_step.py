@@ -33,9 +33,10 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import torch
-from bench_learning import before_loader
+from bench_learning import after_loader, before_loader
 from timing import environment
 from torch.utils.data import DataLoader
 
@@ -110,11 +111,6 @@ def _endless(make_loader: Callable[[], DataLoader]) -> Iterator:
         yield from make_loader()
 
 
-def book_loader() -> DataLoader:
-    """A training epoch of the book's quick mode, from its pool (whatever the mode here)."""
-    return zoo.training_loader(pool_images=zoo.SHAPES_POOL_IMAGES["quick"])
-
-
 def pools_last(num_classes: int) -> SSD:
     """The tiny SSD with every pool after its stage's ReLU, as VGG orders them."""
     return SSD(tiny_features(early_pools=0), SSD_TINY, num_classes)
@@ -139,11 +135,12 @@ def main(argv: list[str] | None = None) -> None:
     if cpu_has_bf16():  # what Trainer's default amp="bf16" does on this CPU
         variants.append(("pools first, bfloat16 autocast", book, torch.bfloat16))
 
+    book_epoch = partial(after_loader, zoo.IMAGE_SIZE)
     rows = []
     for name, model, autocast in variants:
         model.load_state_dict(initial)
         torch.manual_seed(0)  # the same batches for every row
-        parts = step_parts(model, _endless(book_loader), args.steps, autocast)
+        parts = step_parts(model, _endless(book_epoch), args.steps, autocast)
         total = sum(parts.values())
         cells = " | ".join(f"{parts[p]:.1f}" for p in PARTS)
         rows.append(f"| {name} | {cells} | {total:.1f} | {1000 * zoo.BATCH_SIZE / total:.0f} |")
@@ -159,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nScoring the 300 validation images: {time.perf_counter() - start:.1f} s\n")
 
     feeds = {
-        "pool, flipped in the training process (book)": lambda: _endless(book_loader),
+        "pool, flipped in the training process (book)": lambda: _endless(book_epoch),
         "drawn anew, all augmentations, 1 worker": lambda: iter(
             before_loader(zoo.IMAGE_SIZE, workers=1)
         ),

@@ -19,12 +19,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# The benchmarks folder is not a package: its scripts import their shared ``timing`` module,
+# and the tests import it too, by its folder on the path.
+sys.path.append(str(BENCHMARKS))
 
 
 def load_benchmark(name: str) -> ModuleType:
     """The script ``benchmarks/{name}.py`` as a module (the folder is not a package)."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.append(str(BENCHMARKS))  # for the benchmarks' shared timing module
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there

@@ -1,16 +1,8 @@
 """The benchmarks' shared helpers (``benchmarks/timing.py``) that write RESULTS.md, and the
 learning benchmark that writes its own section of it."""
 
-import sys
-
 import pytest
 import torch
-
-from conftest import BENCHMARKS, load_benchmark
-
-if str(BENCHMARKS) not in sys.path:
-    sys.path.append(str(BENCHMARKS))
-
 from timing import (
     LEARNING_END,
     LEARNING_START,
@@ -18,6 +10,8 @@ from timing import (
     learning_section,
     with_learning_section,
 )
+
+from conftest import BENCHMARKS, load_benchmark
 
 
 def test_the_learning_section_is_appended_once_then_replaced():
